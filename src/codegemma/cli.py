@@ -1,0 +1,234 @@
+"""The `codegemma` command: complete, generate, chat, and a demo model for trying it out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from codegemma.errors import CodeGemmaError, InvalidRequestError
+from codegemma.tokenizer import TokenizerError
+
+MODEL_ENV = "CODEGEMMA_MODEL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (CodeGemmaError, TokenizerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codegemma", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    complete = commands.add_parser("complete", help="fill in code at a cursor (FIM)")
+    _model_options(complete)
+    source = complete.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prefix", help="code before the cursor")
+    source.add_argument("--file", type=Path, help="a source file to complete inside")
+    complete.add_argument("--suffix", default="", help="code after the cursor (with --prefix)")
+    complete.add_argument("--cursor", help="LINE:COL of the cursor in --file (1-based)")
+    complete.add_argument("--mode", choices=("psm", "spm"), default="psm", help="FIM prompt order")
+    complete.add_argument(
+        "--context-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="another file to show the model first (repeatable)",
+    )
+    complete.add_argument("--whole-file", action="store_true", help="print the completed file")
+    _generation_options(complete)
+    complete.set_defaults(run=_run_complete)
+
+    generate = commands.add_parser("generate", help="continue a prompt")
+    _model_options(generate)
+    generate.add_argument("prompt", help="the prompt text ('-' reads standard input)")
+    _generation_options(generate)
+    generate.set_defaults(run=_run_generate)
+
+    chat = commands.add_parser("chat", help="chat with an instruction-tuned model")
+    _model_options(chat)
+    chat.add_argument("--system", help="system text, folded into the first user turn")
+    _generation_options(chat, default_max=512)
+    chat.set_defaults(run=_run_chat)
+
+    demo = commands.add_parser(
+        "make-demo-model", help="write a tiny RANDOM-weight model (for trying the tools only)"
+    )
+    demo.add_argument("out", type=Path, help="directory to create")
+    demo.set_defaults(run=_run_make_demo)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"model directory or Hugging Face id (default: ${MODEL_ENV})",
+    )
+    parser.add_argument("--dtype", help="bfloat16 (default) or float32")
+    parser.add_argument("--device", help="cpu (default) or cuda")
+
+
+def _generation_options(parser: argparse.ArgumentParser, default_max: int = 128) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=default_max)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--truncate", action="store_true", help="cut a too-long prompt to fit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _load(args):
+    from codegemma.engine import load
+
+    if not args.model:
+        raise InvalidRequestError(f"no model given: pass --model or set {MODEL_ENV}")
+    return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def _options(args) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop or None,
+        "truncate": args.truncate,
+    }
+
+
+def _run_complete(args) -> int:
+    from codegemma.cursor import read_source, split_at_cursor
+
+    if args.file is not None:
+        if not args.cursor:
+            raise InvalidRequestError("--file needs --cursor LINE:COL")
+        prefix, suffix = split_at_cursor(read_source(args.file), args.cursor)
+        path = str(args.file)
+    else:
+        if args.cursor:
+            raise InvalidRequestError("--cursor goes with --file")
+        prefix, suffix, path = args.prefix, args.suffix, None
+    files = [(str(p), read_source(p)) for p in args.context_file]
+    lm = _load(args)
+    stream = lm.stream_complete(
+        prefix,
+        suffix,
+        files=files or None,
+        path=path if files else None,
+        mode=args.mode,
+        **_options(args),
+    )
+    if args.whole_file:
+        completion = _collect(stream)
+        text = prefix + completion.text + suffix
+        _print_result(args, text, completion)
+        return 0
+    return _emit(args, stream)
+
+
+def _run_generate(args) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    lm = _load(args)
+    return _emit(args, lm.stream_generate(prompt, **_options(args)))
+
+
+def _run_chat(args) -> int:
+    lm = _load(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if not sys.stdin.isatty():
+        message = sys.stdin.read()
+        return _emit(
+            args, lm.stream_chat([*system, {"role": "user", "content": message}], **_options(args))
+        )
+    history: list[dict] = []
+    print("codegemma chat: type a message; an empty line or Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            message = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not message.strip():
+            return 0
+        history.append({"role": "user", "content": message})
+        stream = lm.stream_chat([*system, *history], **_options(args))
+        reply = "".join(_echo(stream))
+        print()
+        history.append({"role": "assistant", "content": reply})
+
+
+def _run_make_demo(args) -> int:
+    from codegemma.random_model import make_demo_model
+
+    directory = make_demo_model(args.out)
+    print(f"wrote a tiny random-weight demo model to {directory} (its output is noise)")
+    return 0
+
+
+def _echo(stream):
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        yield piece
+
+
+def _collect(stream):
+    for _ in stream:
+        pass
+    return stream.completion
+
+
+def _emit(args, stream) -> int:
+    """Stream to a terminal; otherwise (or with --json) print once at the end."""
+    if sys.stdout.isatty() and not args.json:
+        for _ in _echo(stream):
+            pass
+        print()
+        return 0
+    completion = _collect(stream)
+    _print_result(args, completion.text, completion)
+    return 0
+
+
+def _print_result(args, text: str, completion) -> None:
+    if args.json:
+        usage = completion.usage
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "finish_reason": completion.finish_reason,
+                    "stop": completion.stop,
+                    "usage": {
+                        "prompt_tokens": usage.prompt_tokens,
+                        "completion_tokens": usage.completion_tokens,
+                        "prompt_seconds": round(usage.prompt_seconds, 4),
+                        "generation_seconds": round(usage.generation_seconds, 4),
+                        "truncated_tokens": usage.truncated_tokens,
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -1,0 +1,264 @@
+"""The public engine object: `codegemma.load(...)` returns a `CodeGemma`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from codegemma.chat import CHAT_STOP_TOKENS, chat_prompt
+from codegemma.devices import resolve_device, resolve_dtype
+from codegemma.errors import InvalidRequestError
+from codegemma.fim import FIM_STOP_TOKENS, ContextFile, FimMode, fim_prompt
+from codegemma.generation import Completion, StopConditions, stream_batch
+from codegemma.loading import load_model_and_tokenizer
+from codegemma.model import GemmaForCausalLM
+from codegemma.prompt_fitting import check_fits, fit_fim_by_lines, keep_last_tokens
+from codegemma.sampling import SamplingParams
+from codegemma.tokenizer import Tokenizer
+
+
+def load(
+    model: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> CodeGemma:
+    """Load a CodeGemma checkpoint: a model directory or a Hugging Face id."""
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    net, tokenizer, directory = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
+    return CodeGemma(net, tokenizer, name=str(model), path=directory)
+
+
+class TextStream:
+    """Text pieces of one generation as they are decided; `.completion` is set at the end."""
+
+    def __init__(self, events: Iterator[tuple[int, str | Completion]]) -> None:
+        self._events = events
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for _, event in self._events:
+            if isinstance(event, Completion):
+                self.completion = event
+            else:
+                yield event
+
+
+class CodeGemma:
+    """A loaded model with its tokenizer: completion (FIM), generation, chat and scoring."""
+
+    def __init__(
+        self,
+        model: GemmaForCausalLM,
+        tokenizer: Tokenizer,
+        *,
+        name: str = "codegemma",
+        path: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device
+
+    # --- completion (fill-in-the-middle) -------------------------------------------------
+
+    def complete(self, prefix: str, suffix: str = "", **options) -> Completion:
+        """Fill in the code between `prefix` and `suffix`; returns only the middle text.
+
+        Options: files, path, mode ("psm" | "spm"), max_new_tokens, temperature, top_k, top_p,
+        seed, stop (extra stop strings), truncate.
+        """
+        return _drain(self.stream_complete(prefix, suffix, **options))
+
+    def stream_complete(
+        self,
+        prefix: str,
+        suffix: str = "",
+        *,
+        files: Sequence[ContextFile | tuple[str, str]] | None = None,
+        path: str | None = None,
+        mode: FimMode = "psm",
+        max_new_tokens: int = 128,
+        truncate: bool = False,
+        stop: Sequence[str] | None = None,
+        **sampling,
+    ) -> TextStream:
+        """Like `complete`, yielding text pieces as they are decided."""
+        _require_text(prefix=prefix, suffix=suffix)
+
+        def encode(before: str, after: str) -> list[int]:
+            text = fim_prompt(before, after, mode=mode, files=files, path=path)
+            return self.tokenizer.encode(text)
+
+        budget = self._budget(max_new_tokens, truncate)
+        if truncate:
+            ids, dropped = fit_fim_by_lines(prefix, suffix, encode, budget)
+        else:
+            ids, dropped = encode(prefix, suffix), 0
+            check_fits(len(ids), self.context_length)
+        return self._stream([ids], [dropped], FIM_STOP_TOKENS, stop, max_new_tokens, sampling)
+
+    # --- plain generation ------------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[str], **options) -> Completion | list[Completion]:
+        """Continue `prompt`; a list of prompts is run as one batch and gives a list."""
+        if isinstance(prompt, str):
+            return _drain(self.stream_generate(prompt, **options))
+        prompts = list(prompt)
+        if not prompts:
+            raise InvalidRequestError("generate() needs at least one prompt")
+        ids, dropped = self._encode_many(prompts, options)
+        return self._run_batch(ids, dropped, options)
+
+    def stream_generate(self, prompt: str, **options) -> TextStream:
+        """Like `generate` for one prompt, yielding text pieces."""
+        ids, dropped = self._encode_many([prompt], options)
+        stop_ids, stop, max_new, sampling = self._split_options(options)
+        return self._stream(ids, dropped, stop_ids, stop, max_new, sampling)
+
+    # --- chat --------------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion:
+        """The next assistant reply in the Gemma turn format (instruction-tuned models)."""
+        return _drain(self.stream_chat(messages, **options))
+
+    def stream_chat(self, messages: Sequence[Mapping[str, str]], **options) -> TextStream:
+        """Like `chat`, yielding text pieces."""
+        options.setdefault("stop_tokens", CHAT_STOP_TOKENS)
+        return self.stream_generate(chat_prompt(messages), **options)
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Float32 logits (len(token_ids), vocab) of every position, for scoring."""
+        ids = list(token_ids)
+        if not ids:
+            raise InvalidRequestError("logits() needs at least one token id")
+        check_fits(len(ids) - 1, self.context_length)
+        if not all(isinstance(t, int) and 0 <= t < self.config.vocab_size for t in ids):
+            raise InvalidRequestError(
+                f"token ids must be integers in [0, {self.config.vocab_size})"
+            )
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(tokens, logits_positions=slice(None))[0].float()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _budget(self, max_new_tokens: int, truncate: bool) -> int:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InvalidRequestError(
+                f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
+            )
+        if not truncate:
+            return self.context_length - 1
+        return max(1, self.context_length - max_new_tokens)
+
+    def _encode_many(
+        self, prompts: Sequence[str], options: dict
+    ) -> tuple[list[list[int]], list[int]]:
+        truncate = options.pop("truncate", False)
+        budget = self._budget(options.get("max_new_tokens", 128), truncate)
+        encoded, dropped = [], []
+        for text in prompts:
+            _require_text(prompt=text)
+            ids = self.tokenizer.encode(text)
+            if truncate:
+                ids, lost = keep_last_tokens(ids, budget, self.tokenizer.bos_id)
+            else:
+                check_fits(len(ids), self.context_length)
+                lost = 0
+            encoded.append(ids)
+            dropped.append(lost)
+        return encoded, dropped
+
+    def _split_options(self, options: dict):
+        options = dict(options)
+        stop_tokens = options.pop("stop_tokens", ("<eos>",))
+        stop = options.pop("stop", None)
+        max_new = options.pop("max_new_tokens", 128)
+        return stop_tokens, stop, max_new, options
+
+    def _run_batch(self, ids, dropped, options) -> list[Completion]:
+        stop_tokens, stop, max_new, sampling = self._split_options(options)
+        conditions, params = self._prepare(stop_tokens, stop, max_new, sampling)
+        results: dict[int, Completion] = {}
+        for row, event in self._events(ids, dropped, conditions, params):
+            if isinstance(event, Completion):
+                results[row] = event
+        return [results[i] for i in range(len(ids))]
+
+    def _stream(self, ids, dropped, stop_tokens, stop, max_new, sampling) -> TextStream:
+        conditions, params = self._prepare(stop_tokens, stop, max_new, sampling)
+        return TextStream(self._events(ids, dropped, conditions, params))
+
+    def _prepare(
+        self, stop_tokens, stop, max_new, sampling
+    ) -> tuple[StopConditions, SamplingParams]:
+        """Validate every option before any work starts (streams fail at the call, not later)."""
+        unknown = set(sampling) - {"temperature", "top_k", "top_p", "seed"}
+        if unknown:
+            raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        self._budget(max_new, truncate=False)
+        conditions = StopConditions(
+            max_new_tokens=max_new,
+            stop_ids=self._stop_ids(stop_tokens),
+            stop_strings=_stop_strings(stop),
+        )
+        return conditions, SamplingParams(**sampling)
+
+    def _events(self, ids, dropped, conditions, params):
+        with torch.inference_mode():
+            yield from stream_batch(
+                self.model,
+                self.tokenizer,
+                ids,
+                conditions,
+                params,
+                context_length=self.context_length,
+                truncated=dropped,
+            )
+
+    def _stop_ids(self, texts: Sequence[str]) -> frozenset[int]:
+        ids = {self.tokenizer.token_id(t) for t in texts}
+        ids.add(self.tokenizer.eos_id)
+        return frozenset(i for i in ids if i is not None)
+
+
+def _drain(stream: TextStream) -> Completion:
+    for _ in stream:
+        pass
+    assert stream.completion is not None  # stream_batch always ends each row with a Completion
+    return stream.completion
+
+
+def _require_text(**values: object) -> None:
+    for name, value in values.items():
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}")
+
+
+def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if not all(isinstance(s, str) for s in stop):
+        raise InvalidRequestError("stop must be a string or a list of strings")
+    return tuple(stop)

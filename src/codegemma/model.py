@@ -1,0 +1,197 @@
+"""The Gemma v1 decoder (CodeGemma) as plain PyTorch modules.
+
+Parameter names equal Hugging Face's `GemmaForCausalLM`, so its safetensors load without a
+name table. Shapes: B batch, T new tokens, S cached slots, D hidden, H query heads, KV key/value
+heads, hd head_dim, V vocabulary rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codegemma.config import GemmaConfig
+from codegemma.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm that scales by (1 + w); computed in float32 and cast back, as the reference does."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (B, 1, T, hd) for integer positions (B, T), computed in float32."""
+    inv_freq = 1.0 / (
+        theta
+        ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim)
+    )  # (hd/2,)
+    freqs = positions[..., None].float() * inv_freq  # (B, T, hd/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, hd) by the half-split ("rotate_half") convention."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Multi-query or multi-head self-attention with rotary positions."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.q_proj = nn.Linear(config.hidden_size, config.q_width, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
+        self.o_proj = nn.Linear(config.q_width, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+        start: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,T,hd)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(layer, start, k, v)  # (B, KV, S, hd)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=self.head_dim**-0.5,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """GeGLU feed-forward: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask, cache, layer, start):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def positions_and_mask(
+    pad: torch.Tensor | None, start: int, shape: torch.Size, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotary positions (B, T) and attention mask (B, 1, T, S) for T tokens written at `start`.
+
+    The mask is None when plain causal attention (or, for one token, full attention) is right.
+    """
+    B, T = shape
+    slots = torch.arange(start, start + T, device=device)  # (T,)
+    padded = pad is not None and bool(pad.any())
+    if not padded:
+        mask = None
+        if start > 0 and T > 1:  # a chunk after cached tokens: causal, offset by `start`
+            keys = torch.arange(start + T, device=device)
+            mask = (keys[None, :] <= slots[:, None]).expand(B, 1, T, start + T)
+        return slots.expand(B, T), mask
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+    keys = torch.arange(start + T, device=device)  # (S,)
+    causal = keys[None, :] <= slots[:, None]  # (T, S)
+    real = keys[None, :] >= pad[:, None]  # (B, S)
+    mask = causal[None] & real[:, None, :]  # (B, T, S)
+    # A padding slot attends to itself so its row stays finite (never read by real tokens).
+    mask |= keys[None, None, :] == slots[None, :, None]
+    return positions, mask[:, None]
+
+
+class GemmaModel(nn.Module):
+    """Embedding, decoder stack and final norm (HF name: `model`)."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class GemmaForCausalLM(nn.Module):
+    """Gemma v1 decoder with the LM head tied to the embedding."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = GemmaModel(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        pad: torch.Tensor | None = None,
+        logits_positions: torch.Tensor | slice | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, P, V) for new tokens `input_ids` (B, T) following the cache's content.
+
+        `pad` (B,) counts left-padding slots per row: they are masked out of attention and
+        positions start after them. `logits_positions` picks which of the T positions get
+        LM-head logits (default: the last only); the (V x D) head dominates all other positions.
+        """
+        start = cache.length if cache is not None else 0
+        positions, mask = positions_and_mask(pad, start, input_ids.shape, input_ids.device)
+        embed = self.model.embed_tokens
+        x = embed(input_ids)  # (B, T, D)
+        # The scale is rounded to the activation dtype first, as the reference does.
+        x = x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+        rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, rope, mask, cache, i, start)
+        if cache is not None:
+            cache.length = start + input_ids.shape[1]
+        if logits_positions is None:
+            logits_positions = slice(-1, None)
+        x = self.model.norm(x[:, logits_positions])  # (B, P, D)
+        return F.linear(x, embed.weight)  # (B, P, V)
