@@ -168,7 +168,7 @@ def test_prompt_longer_than_context(tiny_tokenizer, tmp_path):
         lambda lm: lm.complete(123),
         lambda lm: lm.generate("x", max_new_tokens=0),
         lambda lm: lm.generate("x", temperature=-1),
-        lambda lm: lm.generate("x", frobnicate=True),
+        lambda lm: lm.generate("x", max_new_tokens=True),
         lambda lm: lm.generate([]),
         lambda lm: lm.chat([{"role": "model", "content": "hi"}]),
         lambda lm: lm.logits([]),

@@ -78,13 +78,32 @@ class CodeGemma:
 
     # --- completion (fill-in-the-middle) -------------------------------------------------
 
-    def complete(self, prefix: str, suffix: str = "", **options) -> Completion:
+    def complete(
+        self,
+        prefix: str,
+        suffix: str = "",
+        *,
+        files: Sequence[ContextFile | tuple[str, str]] | None = None,
+        path: str | None = None,
+        mode: FimMode = "psm",
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        truncate: bool = False,
+    ) -> Completion:
         """Fill in the code between `prefix` and `suffix`; returns only the middle text.
 
-        Options: files, path, mode ("psm" | "spm"), max_new_tokens, temperature, top_k, top_p,
-        seed, stop (extra stop strings), truncate.
+        `files` are other files shown first as context ((path, content) pairs), `path` names the
+        current file, `mode` is the prompt order ("psm" or "spm"). Generation ends at the
+        CodeGemma stop tokens, at any `stop` string, or after `max_new_tokens`. A prompt longer
+        than the context is an error unless `truncate` (lines far from the cursor are dropped).
         """
-        return _drain(self.stream_complete(prefix, suffix, **options))
+        options = dict(locals())
+        del options["self"]
+        return _drain(self.stream_complete(**options))
 
     def stream_complete(
         self,
@@ -95,53 +114,128 @@ class CodeGemma:
         path: str | None = None,
         mode: FimMode = "psm",
         max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
         truncate: bool = False,
-        stop: Sequence[str] | None = None,
-        **sampling,
     ) -> TextStream:
         """Like `complete`, yielding text pieces as they are decided."""
         _require_text(prefix=prefix, suffix=suffix)
+        sampling = SamplingParams(temperature, top_k, top_p, seed)
+        conditions = self._conditions(FIM_STOP_TOKENS, stop, max_new_tokens)
 
         def encode(before: str, after: str) -> list[int]:
             text = fim_prompt(before, after, mode=mode, files=files, path=path)
             return self.tokenizer.encode(text)
 
-        budget = self._budget(max_new_tokens, truncate)
         if truncate:
+            budget = max(1, self.context_length - max_new_tokens)
             ids, dropped = fit_fim_by_lines(prefix, suffix, encode, budget)
         else:
             ids, dropped = encode(prefix, suffix), 0
             check_fits(len(ids), self.context_length)
-        return self._stream([ids], [dropped], FIM_STOP_TOKENS, stop, max_new_tokens, sampling)
+        return TextStream(self._events([ids], [dropped], conditions, sampling))
 
     # --- plain generation ------------------------------------------------------------------
 
-    def generate(self, prompt: str | Sequence[str], **options) -> Completion | list[Completion]:
-        """Continue `prompt`; a list of prompts is run as one batch and gives a list."""
-        if isinstance(prompt, str):
-            return _drain(self.stream_generate(prompt, **options))
-        prompts = list(prompt)
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_tokens: Sequence[str] = ("<eos>",),
+        truncate: bool = False,
+    ) -> Completion | list[Completion]:
+        """Continue `prompt` (BOS is added); a list of prompts runs as one batch, giving a list.
+
+        `stop_tokens` are token texts that end generation (EOS always does); `stop` strings end
+        it too and never appear in the text. `truncate` keeps the end of a too-long prompt.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InvalidRequestError("generate() needs at least one prompt")
-        ids, dropped = self._encode_many(prompts, options)
-        return self._run_batch(ids, dropped, options)
+        sampling = SamplingParams(temperature, top_k, top_p, seed)
+        conditions = self._conditions(stop_tokens, stop, max_new_tokens)
+        ids, dropped = self._encode_prompts(prompts, max_new_tokens, truncate)
+        results: dict[int, Completion] = {}
+        for row, event in self._events(ids, dropped, conditions, sampling):
+            if isinstance(event, Completion):
+                results[row] = event
+        ordered = [results[i] for i in range(len(ids))]
+        return ordered[0] if isinstance(prompt, str) else ordered
 
-    def stream_generate(self, prompt: str, **options) -> TextStream:
+    def stream_generate(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_tokens: Sequence[str] = ("<eos>",),
+        truncate: bool = False,
+    ) -> TextStream:
         """Like `generate` for one prompt, yielding text pieces."""
-        ids, dropped = self._encode_many([prompt], options)
-        stop_ids, stop, max_new, sampling = self._split_options(options)
-        return self._stream(ids, dropped, stop_ids, stop, max_new, sampling)
+        sampling = SamplingParams(temperature, top_k, top_p, seed)
+        conditions = self._conditions(stop_tokens, stop, max_new_tokens)
+        ids, dropped = self._encode_prompts([prompt], max_new_tokens, truncate)
+        return TextStream(self._events(ids, dropped, conditions, sampling))
 
     # --- chat --------------------------------------------------------------------------------
 
-    def chat(self, messages: Sequence[Mapping[str, str]], **options) -> Completion:
-        """The next assistant reply in the Gemma turn format (instruction-tuned models)."""
-        return _drain(self.stream_chat(messages, **options))
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        truncate: bool = False,
+    ) -> Completion:
+        """The next assistant reply in the Gemma turn format (instruction-tuned models).
 
-    def stream_chat(self, messages: Sequence[Mapping[str, str]], **options) -> TextStream:
+        `messages` are {"role": "system" | "user" | "assistant", "content": str} objects.
+        """
+        options = dict(locals())
+        del options["self"]
+        return _drain(self.stream_chat(**options))
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        truncate: bool = False,
+    ) -> TextStream:
         """Like `chat`, yielding text pieces."""
-        options.setdefault("stop_tokens", CHAT_STOP_TOKENS)
-        return self.stream_generate(chat_prompt(messages), **options)
+        return self.stream_generate(
+            chat_prompt(messages),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            stop_tokens=CHAT_STOP_TOKENS,
+            truncate=truncate,
+        )
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -161,20 +255,23 @@ class CodeGemma:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _budget(self, max_new_tokens: int, truncate: bool) -> int:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InvalidRequestError(
-                f"max_new_tokens must be a positive integer, got {max_new_tokens!r}"
-            )
-        if not truncate:
-            return self.context_length - 1
-        return max(1, self.context_length - max_new_tokens)
+    def _conditions(
+        self, stop_tokens: Sequence[str], stop: str | Sequence[str] | None, max_new_tokens: int
+    ) -> StopConditions:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise InvalidRequestError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+        if max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        return StopConditions(
+            max_new_tokens=max_new_tokens,
+            stop_ids=self._stop_ids(stop_tokens),
+            stop_strings=_stop_strings(stop),
+        )
 
-    def _encode_many(
-        self, prompts: Sequence[str], options: dict
+    def _encode_prompts(
+        self, prompts: Sequence[str], max_new_tokens: int, truncate: bool
     ) -> tuple[list[list[int]], list[int]]:
-        truncate = options.pop("truncate", False)
-        budget = self._budget(options.get("max_new_tokens", 128), truncate)
+        budget = max(1, self.context_length - max_new_tokens)
         encoded, dropped = [], []
         for text in prompts:
             _require_text(prompt=text)
@@ -188,49 +285,14 @@ class CodeGemma:
             dropped.append(lost)
         return encoded, dropped
 
-    def _split_options(self, options: dict):
-        options = dict(options)
-        stop_tokens = options.pop("stop_tokens", ("<eos>",))
-        stop = options.pop("stop", None)
-        max_new = options.pop("max_new_tokens", 128)
-        return stop_tokens, stop, max_new, options
-
-    def _run_batch(self, ids, dropped, options) -> list[Completion]:
-        stop_tokens, stop, max_new, sampling = self._split_options(options)
-        conditions, params = self._prepare(stop_tokens, stop, max_new, sampling)
-        results: dict[int, Completion] = {}
-        for row, event in self._events(ids, dropped, conditions, params):
-            if isinstance(event, Completion):
-                results[row] = event
-        return [results[i] for i in range(len(ids))]
-
-    def _stream(self, ids, dropped, stop_tokens, stop, max_new, sampling) -> TextStream:
-        conditions, params = self._prepare(stop_tokens, stop, max_new, sampling)
-        return TextStream(self._events(ids, dropped, conditions, params))
-
-    def _prepare(
-        self, stop_tokens, stop, max_new, sampling
-    ) -> tuple[StopConditions, SamplingParams]:
-        """Validate every option before any work starts (streams fail at the call, not later)."""
-        unknown = set(sampling) - {"temperature", "top_k", "top_p", "seed"}
-        if unknown:
-            raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        self._budget(max_new, truncate=False)
-        conditions = StopConditions(
-            max_new_tokens=max_new,
-            stop_ids=self._stop_ids(stop_tokens),
-            stop_strings=_stop_strings(stop),
-        )
-        return conditions, SamplingParams(**sampling)
-
-    def _events(self, ids, dropped, conditions, params):
+    def _events(self, ids, dropped, conditions: StopConditions, sampling: SamplingParams):
         with torch.inference_mode():
             yield from stream_batch(
                 self.model,
                 self.tokenizer,
                 ids,
                 conditions,
-                params,
+                sampling,
                 context_length=self.context_length,
                 truncated=dropped,
             )
