@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -12,6 +13,11 @@ from codegemma.errors import CodeGemmaError, InvalidRequestError
 from codegemma.tokenizer import TokenizerError
 
 MODEL_ENV = "CODEGEMMA_MODEL"
+
+# Modules that add subcommands: each defines `register(commands)`, taking argparse's
+# subparsers object; its parsers set `run=` to a function of the parsed args returning an
+# exit code. They are imported when the parser is built, not at package import.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands")
 
     complete = commands.add_parser("complete", help="fill in code at a cursor (FIM)")
-    _model_options(complete)
+    model_options(complete)
     source = complete.add_mutually_exclusive_group(required=True)
     source.add_argument("--prefix", help="code before the cursor")
     source.add_argument("--file", type=Path, help="a source file to complete inside")
@@ -52,19 +58,19 @@ def _parser() -> argparse.ArgumentParser:
         help="another file to show the model first (repeatable)",
     )
     complete.add_argument("--whole-file", action="store_true", help="print the completed file")
-    _generation_options(complete)
+    generation_options(complete)
     complete.set_defaults(run=_run_complete)
 
     generate = commands.add_parser("generate", help="continue a prompt")
-    _model_options(generate)
+    model_options(generate)
     generate.add_argument("prompt", help="the prompt text ('-' reads standard input)")
-    _generation_options(generate)
+    generation_options(generate)
     generate.set_defaults(run=_run_generate)
 
     chat = commands.add_parser("chat", help="chat with an instruction-tuned model")
-    _model_options(chat)
+    model_options(chat)
     chat.add_argument("--system", help="system text, folded into the first user turn")
-    _generation_options(chat, default_max=512)
+    generation_options(chat, default_max=512)
     chat.set_defaults(run=_run_chat)
 
     demo = commands.add_parser(
@@ -72,10 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("out", type=Path, help="directory to create")
     demo.set_defaults(run=_run_make_demo)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get(MODEL_ENV),
@@ -85,7 +93,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu (default) or cuda")
 
 
-def _generation_options(parser: argparse.ArgumentParser, default_max: int = 128) -> None:
+def generation_options(parser: argparse.ArgumentParser, default_max: int = 128) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=default_max)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int)
@@ -96,7 +104,7 @@ def _generation_options(parser: argparse.ArgumentParser, default_max: int = 128)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _load(args):
+def load_model(args):
     from codegemma.engine import load
 
     if not args.model:
@@ -129,7 +137,7 @@ def _run_complete(args) -> int:
             raise InvalidRequestError("--cursor goes with --file")
         prefix, suffix, path = args.prefix, args.suffix, None
     files = [(str(p), read_source(p)) for p in args.context_file]
-    lm = _load(args)
+    lm = load_model(args)
     stream = lm.stream_complete(
         prefix,
         suffix,
@@ -148,12 +156,12 @@ def _run_complete(args) -> int:
 
 def _run_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    lm = _load(args)
+    lm = load_model(args)
     return _emit(args, lm.stream_generate(prompt, **_options(args)))
 
 
 def _run_chat(args) -> int:
-    lm = _load(args)
+    lm = load_model(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     if not sys.stdin.isatty():
         message = sys.stdin.read()

@@ -1,0 +1,1 @@
+"""Weight-only quantization: block formats, reference (de)quantizers, and fast kernels."""
