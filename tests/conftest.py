@@ -173,3 +173,27 @@ def tiny_lm(mqa_checkpoint: Path):
     import codegemma
 
     return codegemma.load(mqa_checkpoint, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(
+    tiny_tokenizer_dir: Path, tiny_tokenizer_corpus, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny model trained for a few seconds on the tokenizer corpus (widths fit 32-blocks)."""
+    import shutil
+
+    import torch
+
+    from codegemma.loading import save_hf_checkpoint
+    from codegemma.random_model import random_model
+    from codegemma.tokenizer import Tokenizer
+    from tiny_models import tiny_config, train_tiny
+
+    tokenizer = Tokenizer.from_dir(tiny_tokenizer_dir)
+    ids = torch.tensor(tokenizer.encode("".join(tiny_tokenizer_corpus[:3])))
+    config = tiny_config(tokenizer.vocab_size, hidden_size=128, intermediate_size=256)
+    model = train_tiny(random_model(config, seed=0), ids)
+    directory = tmp_path_factory.mktemp("trained")
+    save_hf_checkpoint(model, directory)
+    shutil.copy(tiny_tokenizer_dir / "tokenizer.model", directory / "tokenizer.model")
+    return directory

@@ -50,3 +50,28 @@ class ScriptedModel(GemmaForCausalLM):
         logits = torch.full((input_ids.shape[0], 1, self.config.vocab_size), -10.0)
         logits[:, :, token] = 10.0
         return logits
+
+
+def train_tiny(model: GemmaForCausalLM, ids: torch.Tensor, steps: int = 150, seed: int = 0):
+    """A few hundred AdamW steps on `ids`, so the model predicts like a trained one."""
+    generator = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only add synchronisation
+    model.train()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=generator)
+        batch = torch.stack([ids[s : s + 65] for s in starts])  # (8, 65)
+        logits = model(batch[:, :-1], logits_positions=slice(None))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    torch.set_num_threads(threads)
+    return model.eval()

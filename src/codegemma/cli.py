@@ -17,7 +17,11 @@ MODEL_ENV = "CODEGEMMA_MODEL"
 # Modules that add subcommands: each defines `register(commands)`, taking argparse's
 # subparsers object; its parsers set `run=` to a function of the parsed args returning an
 # exit code. They are imported when the parser is built, not at package import.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "codegemma.evaluation.cli",
+    "codegemma.gguf.convert_cli",
+    "codegemma.training.cli",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     generation_options(chat, default_max=512)
     chat.set_defaults(run=_run_chat)
 
+    quantize = commands.add_parser(
+        "quantize", help="write an int8 or int4 copy of a checkpoint (loads fast, small)"
+    )
+    quantize.add_argument("input", help="model directory, GGUF file or Hugging Face id")
+    quantize.add_argument("output", type=Path, help="directory to write")
+    quantize.add_argument("--bits", type=int, choices=(8, 4), required=True)
+    quantize.set_defaults(run=_run_quantize)
+
     demo = commands.add_parser(
         "make-demo-model", help="write a tiny RANDOM-weight model (for trying the tools only)"
     )
@@ -91,6 +103,18 @@ def model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", help="bfloat16 (default) or float32")
     parser.add_argument("--device", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="quantize weights at load (a `codegemma quantize` checkpoint needs no flag)",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "native", "torch"),
+        default="auto",
+        help="native C kernels (auto: where the CPU supports them) or plain PyTorch",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
 
 def generation_options(parser: argparse.ArgumentParser, default_max: int = 128) -> None:
@@ -109,7 +133,14 @@ def load_model(args):
 
     if not args.model:
         raise InvalidRequestError(f"no model given: pass --model or set {MODEL_ENV}")
-    return load(args.model, dtype=args.dtype, device=args.device)
+    return load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=args.quantize,
+        kernels=args.kernels,
+        threads=args.threads,
+    )
 
 
 def _options(args) -> dict:
@@ -183,6 +214,14 @@ def _run_chat(args) -> int:
         reply = "".join(_echo(stream))
         print()
         history.append({"role": "assistant", "content": reply})
+
+
+def _run_quantize(args) -> int:
+    from codegemma.quant.convert import quantize_checkpoint
+
+    report = quantize_checkpoint(args.input, args.output, "int8" if args.bits == 8 else "int4")
+    print(report)
+    return 0
 
 
 def _run_make_demo(args) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma.acceleration import Acceleration, accelerate
 from codegemma.chat import CHAT_STOP_TOKENS, chat_prompt
 from codegemma.devices import resolve_device, resolve_dtype
 from codegemma.errors import InvalidRequestError
@@ -16,6 +17,7 @@ from codegemma.generation import Completion, StopConditions, stream_batch
 from codegemma.loading import load_model_and_tokenizer
 from codegemma.model import GemmaForCausalLM
 from codegemma.prompt_fitting import check_fits, fit_fim_by_lines, keep_last_tokens
+from codegemma.quant.apply import BITS, quantize_model, weight_bits
 from codegemma.sampling import SamplingParams
 from codegemma.tokenizer import Tokenizer
 
@@ -25,12 +27,29 @@ def load(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quantize: str | None = None,
+    kernels: str = "auto",
+    threads: int | None = None,
 ) -> CodeGemma:
-    """Load a CodeGemma checkpoint: a model directory or a Hugging Face id."""
+    """Load a CodeGemma checkpoint: a model directory, a GGUF file or a Hugging Face id.
+
+    `dtype`: bfloat16 (default) or float32 for unquantized weights. `quantize`: "int8" or
+    "int4" quantizes weights at load (a checkpoint written by `codegemma quantize` loads
+    without that cost). `kernels`: "auto" (native C kernels where the CPU supports them),
+    "native" or "torch" (plain PyTorch, the reference path). `threads`: default all cores.
+    """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
-    net, tokenizer, directory = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
-    return CodeGemma(net, tokenizer, name=str(model), path=directory)
+    net, tokenizer, path, notes = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
+    if quantize is not None:
+        if quantize not in BITS:
+            raise InvalidRequestError(f"quantize must be int8 or int4, got {quantize!r}")
+        quantize_model(net, quantize)
+        notes.append(f"quantized to {quantize} at load")
+    acceleration = accelerate(net, resolved_device, kernels, threads)
+    return CodeGemma(
+        net, tokenizer, name=str(model), path=path, acceleration=acceleration, notes=notes
+    )
 
 
 class TextStream:
@@ -58,11 +77,24 @@ class CodeGemma:
         *,
         name: str = "codegemma",
         path: Path | None = None,
+        acceleration: Acceleration | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
+        self.acceleration = acceleration or Acceleration("torch", torch.get_num_threads())
+        self.notes = notes or []  # what loading converted (quantization, GGUF types)
+
+    @property
+    def weights(self) -> str:
+        """The weight format: 'bfloat16', 'float32', 'int8', 'int4' or 'mixed'."""
+        return weight_bits(self.model)
+
+    def close(self) -> None:
+        """Stop the kernel threads (the engine is unusable afterwards)."""
+        self.acceleration.close()
 
     @property
     def config(self):
@@ -74,7 +106,8 @@ class CodeGemma:
 
     @property
     def device(self) -> torch.device:
-        return self.model.model.embed_tokens.weight.device
+        weight = self.model.model.embed_tokens.weight
+        return weight.device
 
     # --- completion (fill-in-the-middle) -------------------------------------------------
 

@@ -82,7 +82,7 @@ def decode_tokens(
         config.num_key_value_heads,
         capacity,
         config.head_dim,
-        dtype=model.model.embed_tokens.weight.dtype,
+        dtype=model.activation_dtype,
         device=device,
     )
     generators = make_generators(params, len(prompts))

@@ -13,6 +13,7 @@ from codegemma.checkpoint.hub import resolve_model_dir
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
 from codegemma.model import GemmaForCausalLM
+from codegemma.quant.checkpoint import group_blocks, quantization_mode
 from codegemma.tokenizer import Tokenizer
 
 EMBEDDING = "model.embed_tokens.weight"
@@ -20,30 +21,48 @@ EMBEDDING = "model.embed_tokens.weight"
 
 def load_model_and_tokenizer(
     reference: str | Path, dtype: torch.dtype, device: torch.device
-) -> tuple[GemmaForCausalLM, Tokenizer, Path]:
-    """Model (eval mode, weights assigned) and tokenizer of a Hugging Face style directory."""
-    directory = resolve_model_dir(reference)
-    if not directory.is_dir():
-        raise CheckpointError(
-            f"{directory} is a file; give the model directory (with config.json, "
-            "model.safetensors and tokenizer.model or tokenizer.json)"
-        )
-    config = GemmaConfig.from_json_file(directory / "config.json")
-    tokenizer = Tokenizer.from_dir(directory)
-    state = load_hf_weights(directory)
-    config = _vocab_from_embedding(config, state, tokenizer, directory)
+) -> tuple[GemmaForCausalLM, Tokenizer, Path, list[str]]:
+    """Model (eval mode, weights assigned), tokenizer, resolved path and notes on conversions.
+
+    Reads a Hugging Face directory (plain or written by `codegemma quantize`) or a GGUF file.
+    """
+    path = resolve_model_dir(reference)
+    notes: list[str] = []
+    if path.is_file():
+        if not _is_gguf(path):
+            raise CheckpointError(
+                f"{path} is a file but not a GGUF model; give a GGUF file or a model directory "
+                "(with config.json, model.safetensors and tokenizer.model or tokenizer.json)"
+            )
+        from codegemma.gguf.loader import load_gguf
+
+        config, state, tokenizer, notes = load_gguf(path)
+    else:
+        config = GemmaConfig.from_json_file(path / "config.json")
+        quantized = quantization_mode(path / "config.json")
+        tokenizer = Tokenizer.from_dir(path)
+        state = load_hf_weights(path)
+        if quantized:
+            state = group_blocks(state)
+            notes.append(f"weights stored as {quantized} blocks")
+    config = _vocab_from_embedding(config, state, tokenizer, path)
     with torch.device("meta"):
         model = GemmaForCausalLM(config)
     assign_weights(model, state, dtype, device)
-    return model.eval(), tokenizer, directory
+    return model.eval(), tokenizer, path, notes
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def _vocab_from_embedding(
-    config: GemmaConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer, directory: Path
+    config: GemmaConfig, state: dict[str, object], tokenizer: Tokenizer, directory: Path
 ) -> GemmaConfig:
     """Take the vocabulary size from the embedding rows, which may exceed the tokenizer's."""
     embedding = state.get(EMBEDDING)
-    if embedding is None or embedding.dim() != 2:
+    if embedding is None or len(embedding.shape) != 2:
         return config  # assign_weights reports the missing or mis-shaped tensor
     rows = embedding.shape[0]
     if rows < tokenizer.vocab_size:

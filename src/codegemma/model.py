@@ -17,6 +17,50 @@ from codegemma.config import GemmaConfig
 from codegemma.kv_cache import KVCache
 
 
+class Linear(nn.Module):
+    """A bias-free linear layer whose weight may be a tensor or a block-quantized weight.
+
+    With no `backend` it is exactly `F.linear`; an engine may attach a backend object whose
+    `linear(x, weight)` runs faster kernels (and is tested against this plain path).
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.backend = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is not None:
+            return self.backend.linear(x, self.weight)
+        weight = self.weight
+        if not isinstance(weight, torch.Tensor):  # quantized: the slow, obviously-right path
+            weight = weight.dequantize(x.dtype)
+        return F.linear(x, weight.to(x.dtype))
+
+
+class Embedding(nn.Module):
+    """Token embedding that is also the (tied) LM head; the weight may be block-quantized."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim).normal_())
+        self.backend = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.weight, torch.Tensor):
+            return F.embedding(ids, self.weight)
+        return self.weight.take_rows(ids.flatten()).view(*ids.shape, -1)  # (B, T, D) float32
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """LM-head logits x @ E^T."""
+        if self.backend is not None:
+            return self.backend.linear(x, self.weight)
+        weight = self.weight
+        if not isinstance(weight, torch.Tensor):
+            weight = weight.dequantize(x.dtype)
+        return F.linear(x, weight.to(x.dtype))
+
+
 class RMSNorm(nn.Module):
     """RMSNorm that scales by (1 + w); computed in float32 and cast back, as the reference does."""
 
@@ -60,10 +104,10 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.theta = config.rope_theta
-        self.q_proj = nn.Linear(config.hidden_size, config.q_width, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.kv_width, bias=False)
-        self.o_proj = nn.Linear(config.q_width, config.hidden_size, bias=False)
+        self.q_proj = Linear(config.hidden_size, config.q_width)
+        self.k_proj = Linear(config.hidden_size, config.kv_width)
+        self.v_proj = Linear(config.hidden_size, config.kv_width)
+        self.o_proj = Linear(config.q_width, config.hidden_size)
 
     def forward(
         self,
@@ -99,9 +143,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GemmaConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
@@ -153,7 +197,7 @@ class GemmaModel(nn.Module):
 
     def __init__(self, config: GemmaConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -165,6 +209,17 @@ class GemmaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = GemmaModel(config)
+        # Activations (and the KV cache) use the weights' dtype unless an engine asks for
+        # another, e.g. float32 when its kernels widen bfloat16 or int8 weights in registers.
+        self.compute_dtype: torch.dtype | None = None
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype of hidden states and of the KV cache."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        weight = self.model.embed_tokens.weight
+        return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
 
     def forward(
         self,
@@ -183,7 +238,7 @@ class GemmaForCausalLM(nn.Module):
         start = cache.length if cache is not None else 0
         positions, mask = positions_and_mask(pad, start, input_ids.shape, input_ids.device)
         embed = self.model.embed_tokens
-        x = embed(input_ids)  # (B, T, D)
+        x = embed(input_ids).to(self.activation_dtype)  # (B, T, D)
         # The scale is rounded to the activation dtype first, as the reference does.
         x = x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
         rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
@@ -194,4 +249,4 @@ class GemmaForCausalLM(nn.Module):
         if logits_positions is None:
             logits_positions = slice(-1, None)
         x = self.model.norm(x[:, logits_positions])  # (B, P, D)
-        return F.linear(x, embed.weight)  # (B, P, V)
+        return embed.project(x)  # (B, P, V)

@@ -28,15 +28,22 @@ DEMO_CONFIG = GemmaConfig(
 )
 
 
-def random_model(config: GemmaConfig, seed: int = 0, std: float = 0.5) -> GemmaForCausalLM:
-    """A model whose every parameter (norms included) is drawn from N(0, std^2)."""
+def random_model(config: GemmaConfig, seed: int = 0) -> GemmaForCausalLM:
+    """A model with variance-preserving random weights, like a trained one in scale.
+
+    Linear weights ~ N(0, 1/fan_in), norm weights ~ N(0, 0.1^2), embedding rows ~ N(0, 1/D)
+    (the model multiplies them by sqrt(D)). Logits then have a spread like a real model's,
+    so numerical comparisons (quantization, kernels, bf16) mean something.
+    """
     generator = torch.Generator().manual_seed(seed)
     model = GemmaForCausalLM(config)
     with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * std)
-    # Embedding rows scale up by sqrt(hidden): keep activations moderate.
-    model.model.embed_tokens.weight.data /= config.hidden_size**0.5
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("norm.weight"):
+                param.copy_(noise * 0.1)
+            else:  # linear (out, in) and embedding (V, D): both scale by 1/sqrt(dim 1)
+                param.copy_(noise / param.shape[1] ** 0.5)
     return model.eval()
 
 

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from codegemma.errors import CheckpointError
+from codegemma.model import Embedding, Linear
+from codegemma.quant.apply import set_weight
 
 # Tensors a checkpoint may carry that the model does not need: the LM head is tied to the
 # embedding in Gemma v1; exporters may still write a copy (it is shape-checked, then dropped).
@@ -13,13 +15,14 @@ OPTIONAL_TENSORS = ("lm_head.weight",)
 
 
 def assign_weights(
-    model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device
+    model: nn.Module, state: dict[str, object], dtype: torch.dtype, device: torch.device
 ) -> None:
     """Replace every parameter of `model` (which may live on the meta device) with `state`'s.
 
-    Missing, unexpected and mis-shaped tensors raise a CheckpointError naming them. A tensor that
-    already has the right dtype and device is used as it is (no copy), so memory-mapped weights
-    stay shared with the page cache.
+    Values are tensors or, for linear layers and the embedding, block-quantized weights
+    (`Int8Blocks` / `Int4Blocks`, kept as they are). Missing, unexpected and mis-shaped tensors
+    raise a CheckpointError naming them. A tensor that already has the right dtype and device
+    is used as it is (no copy), so memory-mapped weights stay shared with the page cache.
     """
     expected = {name: p.shape for name, p in model.named_parameters()}
     extra = sorted(set(state) - set(expected) - set(OPTIONAL_TENSORS))
@@ -50,8 +53,14 @@ def assign_weights(
     for name in expected:
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
-        tensor = state[name].to(device=device, dtype=dtype)
-        setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype)
+        elif not isinstance(module, (Linear, Embedding)):
+            raise CheckpointError(f"tensor {name!r} cannot be quantized (only linear weights)")
+        if attr != "weight":
+            raise CheckpointError(f"unexpected parameter {name!r}")
+        set_weight(module, value)
 
 
 def _listing(names: list[str], limit: int = 8) -> str:

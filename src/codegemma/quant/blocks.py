@@ -4,7 +4,9 @@ Blocks of 32 consecutive values run along each row (the input dimension) with on
 - int8: value = q * scale, q in [-127, 127]                       (GGUF Q8_0, Jlama I8)
 - int4: value = (nibble - 8) * scale; in each block's 16 bytes, byte j holds element j in its
   low nibble and element j + 16 in its high nibble                  (GGUF Q4_0, Jlama Q4)
-Files in these layouts map onto the dataclasses below without changing a byte.
+Files in these layouts map onto the dataclasses below without changing a byte. The value
+tensor may be 2-D (out, in) or, for files that interleave each block's scale with its values
+(GGUF), a strided 3-D view (out, in // 32, 32) (int4: (out, in // 32, 16)) of the file.
 """
 
 from __future__ import annotations
@@ -20,27 +22,38 @@ BLOCK = 32  # values per scale, along the input dimension
 class Int8Blocks:
     """An [out, in] weight as int8 values with one scale per 32 inputs."""
 
-    qs: torch.Tensor  # int8 (out, in)
-    scales: torch.Tensor  # float16 / bfloat16 / float32 (out, in // 32)
+    qs: torch.Tensor  # int8 (out, in) or a (out, in // 32, 32) view
+    scales: torch.Tensor  # float16 / float32 (out, in // 32)
 
     def __post_init__(self) -> None:
-        out, inp = self.qs.shape
         _check(self.qs.dtype == torch.int8, "Int8Blocks.qs must be int8")
+        out, inp = self.shape
+        _check(self.qs.dim() in (2, 3), "Int8Blocks.qs must be 2-D or 3-D")
+        _check(self.qs.dim() == 2 or self.qs.shape[2] == BLOCK, "Int8Blocks.qs blocks of 32")
         _check(inp % BLOCK == 0, f"input width {inp} is not a multiple of {BLOCK}")
         _check(tuple(self.scales.shape) == (out, inp // BLOCK), "Int8Blocks.scales shape")
+        _check(self.scales.dtype in (torch.float16, torch.float32), "scales: float16/float32")
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.qs.shape)
+        return (self.qs.shape[0], self.qs[0].numel())
 
     @property
     def nbytes(self) -> int:
         return self.qs.numel() + self.scales.numel() * self.scales.element_size()
 
+    @property
+    def device(self) -> torch.device:
+        return self.qs.device
+
+    def take_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 values of the given rows (an embedding lookup)."""
+        return Int8Blocks(self.qs[rows], self.scales[rows]).dequantize()
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight (out, in) in `dtype`, computed in float32."""
-        out, inp = self.qs.shape
-        blocks = self.qs.view(out, inp // BLOCK, BLOCK).float()  # (out, nb, 32)
+        out, inp = self.shape
+        blocks = self.qs.reshape(out, inp // BLOCK, BLOCK).float()  # (out, nb, 32)
         return (blocks * self.scales.float()[..., None]).view(out, inp).to(dtype)
 
 
@@ -48,27 +61,38 @@ class Int8Blocks:
 class Int4Blocks:
     """An [out, in] weight as 4-bit values (offset 8) with one scale per 32 inputs."""
 
-    packed: torch.Tensor  # uint8 (out, in // 2): per block 16 bytes, see the module docstring
-    scales: torch.Tensor  # float16 / bfloat16 / float32 (out, in // 32)
+    packed: torch.Tensor  # uint8 (out, in // 2) or a (out, in // 32, 16) view; see above
+    scales: torch.Tensor  # float16 / float32 (out, in // 32)
 
     def __post_init__(self) -> None:
-        out, half = self.packed.shape
         _check(self.packed.dtype == torch.uint8, "Int4Blocks.packed must be uint8")
-        _check((2 * half) % BLOCK == 0, f"input width {2 * half} is not a multiple of {BLOCK}")
-        _check(tuple(self.scales.shape) == (out, 2 * half // BLOCK), "Int4Blocks.scales shape")
+        out, inp = self.shape
+        _check(self.packed.dim() in (2, 3), "Int4Blocks.packed must be 2-D or 3-D")
+        _check(self.packed.dim() == 2 or self.packed.shape[2] == BLOCK // 2, "Int4 blocks of 16")
+        _check(inp % BLOCK == 0, f"input width {inp} is not a multiple of {BLOCK}")
+        _check(tuple(self.scales.shape) == (out, inp // BLOCK), "Int4Blocks.scales shape")
+        _check(self.scales.dtype in (torch.float16, torch.float32), "scales: float16/float32")
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.packed.shape[0], self.packed.shape[1] * 2)
+        return (self.packed.shape[0], self.packed[0].numel() * 2)
 
     @property
     def nbytes(self) -> int:
         return self.packed.numel() + self.scales.numel() * self.scales.element_size()
 
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    def take_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 values of the given rows (an embedding lookup)."""
+        return Int4Blocks(self.packed[rows], self.scales[rows]).dequantize()
+
     def nibbles(self) -> torch.Tensor:
         """The unsigned 4-bit values (out, in) as uint8, in element order."""
         out, inp = self.shape
-        blocks = self.packed.view(out, inp // BLOCK, BLOCK // 2)  # (out, nb, 16)
+        blocks = self.packed.reshape(out, inp // BLOCK, BLOCK // 2)  # (out, nb, 16)
         low, high = blocks & 0x0F, blocks >> 4
         return torch.cat([low, high], dim=-1).view(out, inp)  # low = elems 0..15, high = 16..31
 
@@ -93,18 +117,35 @@ def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float16
 
 
 def quantize_int4(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float16) -> Int4Blocks:
-    """Round-to-nearest 4-bit blocks with GGUF Q4_0's choice of scale: the value of largest
-    magnitude maps to -8, so scale = -max_signed / 8 and the full range [-8, 7] is used."""
+    """4-bit blocks in GGUF Q4_0's layout, with the scale of each block chosen to minimise the
+    squared error among candidates around Q4_0's own choice (largest magnitude -> -8)."""
     out, inp = _blocked_shape(weight)
     blocks = weight.float().view(out, inp // BLOCK, BLOCK)
     index = blocks.abs().argmax(dim=-1, keepdim=True)
-    extreme = blocks.gather(-1, index).squeeze(-1)  # signed value of largest magnitude
-    scales = extreme / -8.0  # (out, nb), float32 as ggml computes it
-    inverse = torch.where(scales != 0, 1.0 / scales, torch.zeros(()))
-    q = torch.clamp(torch.floor(blocks * inverse[..., None] + 8.5), 0, 15).to(torch.uint8)
-    low, high = q[..., : BLOCK // 2], q[..., BLOCK // 2 :]
+    extreme = blocks.gather(-1, index).squeeze(-1) / -8.0  # Q4_0's scale, float32 (out, nb)
+    best_scale, best_q = extreme, _nibbles(blocks, extreme)
+    best_error = _error(blocks, best_q, best_scale.to(scale_dtype).float())
+    for step in range(-6, 7):  # factors 0.82 .. 1.18 of Q4_0's scale
+        scale = extreme * (1.0 + 0.03 * step)
+        q = _nibbles(blocks, scale)
+        error = _error(blocks, q, scale.to(scale_dtype).float())
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale, best_scale)
+        best_q = torch.where(better[..., None], q, best_q)
+    low, high = best_q[..., : BLOCK // 2], best_q[..., BLOCK // 2 :]
     packed = (low | (high << 4)).view(out, inp // 2)
-    return Int4Blocks(packed, scales.to(scale_dtype))
+    return Int4Blocks(packed, best_scale.to(scale_dtype))
+
+
+def _nibbles(blocks: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Q4_0's rounding of blocks (out, nb, 32) at the given scales, as uint8 in [0, 15]."""
+    inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros(()))
+    return torch.clamp(torch.floor(blocks * inverse[..., None] + 8.5), 0, 15).to(torch.uint8)
+
+
+def _error(blocks: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return ((q.float() - 8.0) * scale[..., None] - blocks).pow(2).sum(dim=-1)
 
 
 def _blocked_shape(weight: torch.Tensor) -> tuple[int, int]:

@@ -1,0 +1,69 @@
+"""What makes an engine fast, owned by that engine: kernels, threads, compute dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from codegemma.errors import InvalidRequestError
+from codegemma.model import GemmaForCausalLM
+from codegemma.quant.apply import attach_backend
+from codegemma.quant.backends import NativeBackend, cpu_has_fast_bf16
+from codegemma.quant.native import KernelUnavailable, NativeKernels
+
+KERNEL_CHOICES = ("auto", "native", "torch")
+
+
+@dataclasses.dataclass
+class Acceleration:
+    """The engine's choice of kernels and threads, with the cost of preparing them."""
+
+    kernels: str  # "native" (C kernels, float32 activations) or "torch" (plain PyTorch)
+    threads: int  # threads for kernels and PyTorch
+    build_seconds: float = 0.0  # time spent compiling kernels (0 when cached)
+    note: str = ""  # why "auto" picked what it did
+    native: NativeKernels | None = None
+
+    def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def accelerate(
+    model: GemmaForCausalLM, device: torch.device, kernels: str = "auto", threads: int | None = None
+) -> Acceleration:
+    """Set threads and attach the chosen backend to `model`'s layers."""
+    if kernels not in KERNEL_CHOICES:
+        raise InvalidRequestError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InvalidRequestError(f"threads must be a positive integer, got {threads!r}")
+    threads = threads or default_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    if kernels == "torch" or device.type != "cpu":
+        attach_backend(model, None)
+        return Acceleration("torch", threads, note="plain PyTorch" if kernels == "torch" else "GPU")
+    try:
+        native = NativeKernels(threads)
+    except KernelUnavailable as exc:
+        if kernels == "native":
+            raise InvalidRequestError(f"native kernels unavailable: {exc}") from exc
+        attach_backend(model, None)
+        return Acceleration("torch", threads, note=f"native kernels unavailable: {exc}")
+    if not native.vectorized and kernels == "auto":
+        native.close()
+        attach_backend(model, None)
+        return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
+    attach_backend(model, NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16()))
+    model.compute_dtype = torch.float32
+    return Acceleration("native", threads, native.build_seconds, "C kernels", native)

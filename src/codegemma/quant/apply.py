@@ -1,0 +1,78 @@
+"""Turning a loaded model's weights into block-quantized ones, and attaching a backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from codegemma.model import Embedding, GemmaForCausalLM, Linear
+from codegemma.quant.blocks import Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
+
+BITS = {"int8": 8, "int4": 4}
+_CHUNK_ROWS = 4096  # quantize in slices so a 256000-row embedding never widens at once
+
+
+def quantizable(model: GemmaForCausalLM) -> list[tuple[str, nn.Module]]:
+    """The modules whose weights are quantized: every Linear and the (tied) embedding."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (Linear, Embedding))]
+
+
+def set_weight(module: nn.Module, weight: torch.Tensor | Int8Blocks | Int4Blocks) -> None:
+    """Replace a module's weight with a tensor or a quantized weight (not a Parameter)."""
+    module._parameters.pop("weight", None)
+    module.__dict__.pop("weight", None)
+    if isinstance(weight, torch.Tensor):
+        module.weight = nn.Parameter(weight, requires_grad=False)
+    else:
+        module.__dict__["weight"] = weight
+
+
+def quantize_weight(weight: torch.Tensor, bits: int) -> Int8Blocks | Int4Blocks:
+    """Block-quantize a 2-D weight slice by slice."""
+    quantize = quantize_int8 if bits == 8 else quantize_int4
+    parts = [quantize(weight[i : i + _CHUNK_ROWS]) for i in range(0, weight.shape[0], _CHUNK_ROWS)]
+    if len(parts) == 1:
+        return parts[0]
+    scales = torch.cat([p.scales for p in parts])
+    if bits == 8:
+        return Int8Blocks(torch.cat([p.qs for p in parts]), scales)
+    return Int4Blocks(torch.cat([p.packed for p in parts]), scales)
+
+
+def quantize_model(model: GemmaForCausalLM, mode: str, progress=None) -> None:
+    """Quantize every Linear and the embedding in place to `mode` ("int8" or "int4").
+
+    In int4 mode the tied embedding / LM head stays at 8 bits: it decides every logit, and
+    llama.cpp's own 4-bit files keep that tensor at 6-8 bits for the same reason.
+    """
+    if mode not in BITS:
+        raise ValueError(f"quantize must be one of {', '.join(BITS)}, got {mode!r}")
+    for _, module in quantizable(model):
+        bits = 8 if isinstance(module, Embedding) else BITS[mode]
+        if isinstance(module.weight, torch.Tensor):
+            set_weight(module, quantize_weight(module.weight.detach(), bits))
+        if progress is not None:
+            progress.update(1)
+
+
+def attach_backend(model: GemmaForCausalLM, backend) -> None:
+    """Route every Linear and the LM head through `backend` (None: plain PyTorch)."""
+    for _, module in quantizable(model):
+        module.backend = backend
+
+
+def weight_bits(model: GemmaForCausalLM) -> str:
+    """'int8', 'int4', 'mixed' or the weights' dtype name of the linear layers, for reports."""
+    kinds = set()
+    for _, module in quantizable(model):
+        if isinstance(module, Embedding):
+            continue
+        weight = module.weight
+        kinds.add(
+            "int8"
+            if isinstance(weight, Int8Blocks)
+            else "int4"
+            if isinstance(weight, Int4Blocks)
+            else str(weight.dtype).removeprefix("torch.")
+        )
+    return kinds.pop() if len(kinds) == 1 else "mixed"

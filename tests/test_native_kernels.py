@@ -1,0 +1,97 @@
+"""The C kernels against independent float computations."""
+
+import pytest
+import torch
+
+from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
+from codegemma.quant.native import NativeKernels
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    k = NativeKernels(threads=2)
+    yield k
+    k.close()
+
+
+def quantized_x(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to int8 blocks of 32 (scale max|x|/127, round half away from zero), as float."""
+    blocks = x.view(x.shape[0], -1, BLOCK)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(scale > 0, blocks / scale, torch.zeros(()))
+    q = torch.sign(q) * torch.floor(q.abs() + 0.5)
+    return (q * scale).view_as(x)
+
+
+def weights(rows, cols, seed):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) / cols**0.5
+
+
+@pytest.mark.parametrize("rows_in", [1, 2, 5, 8])
+@pytest.mark.parametrize("shape", [(97, 96), (300, 2048)])
+def test_bf16_matvec(kernels, rows_in, shape):
+    w = weights(*shape, seed=rows_in).bfloat16()
+    x = torch.randn(rows_in, shape[1])
+    expected = x.double() @ w.double().T
+    assert torch.allclose(kernels.matvec(x, w).double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
+@pytest.mark.parametrize("rows_in", [1, 3, 8])
+def test_block_matvec_equals_integer_reference(kernels, quantize, rows_in):
+    w = quantize(weights(131, 512, seed=rows_in))
+    x = torch.randn(rows_in, 512)
+    expected = quantized_x(x).double() @ w.dequantize().double().T
+    got = kernels.matvec(x, w).double()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    exact = x.double() @ w.dequantize().double().T  # activation rounding costs little
+    assert torch.nn.functional.cosine_similarity(got.flatten(), exact.flatten(), dim=0) > 0.9999
+
+
+def test_interleaved_layout_gives_the_same_numbers(kernels):
+    planar = quantize_int8(weights(64, 256, seed=7))
+    raw = torch.zeros(64, 8, 34, dtype=torch.uint8)  # GGUF Q8_0: fp16 scale then 32 values
+    raw[..., :2] = planar.scales.view(torch.uint8).view(64, 8, 2)
+    raw[..., 2:] = planar.qs.view(torch.uint8).view(64, 8, 32)
+    interleaved = Int8Blocks(
+        raw[..., 2:].view(torch.int8), raw[..., :2].contiguous().view(torch.float16)[..., 0]
+    )
+    # the scales above are a copy; point them at the raw bytes to exercise strided scales too
+    interleaved.scales = raw.view(-1).view(torch.float16).view(64, 8, 17)[..., 0]
+    x = torch.randn(2, 256)
+    assert torch.equal(kernels.matvec(x, interleaved), kernels.matvec(x, planar))
+    packed4 = quantize_int4(weights(64, 256, seed=8))
+    raw4 = torch.zeros(64, 8, 18, dtype=torch.uint8)
+    raw4[..., :2] = packed4.scales.view(torch.uint8).view(64, 8, 2)
+    raw4[..., 2:] = packed4.packed.view(64, 8, 16)
+    view4 = Int4Blocks(raw4[..., 2:], raw4.view(-1).view(torch.float16).view(64, 8, 9)[..., 0])
+    assert torch.equal(kernels.matvec(x, view4), kernels.matvec(x, packed4))
+
+
+def test_float32_scales(kernels):
+    q = quantize_int8(weights(40, 64, seed=9))
+    wide = Int8Blocks(q.qs, q.scales.float())
+    x = torch.randn(1, 64)
+    assert torch.equal(kernels.matvec(x, wide), kernels.matvec(x, q))
+
+
+def test_thread_count_does_not_change_results(kernels):
+    w = quantize_int4(weights(1000, 256, seed=10))
+    x = torch.randn(4, 256)
+    single = NativeKernels(threads=1)
+    try:
+        assert torch.equal(single.matvec(x, w), kernels.matvec(x, w))
+    finally:
+        single.close()
+
+
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
+def test_dequantize_is_exact(kernels, quantize):
+    w = quantize(weights(77, 128, seed=11))
+    out = torch.empty(77, 128)
+    assert torch.equal(kernels.dequantize(w, out), w.dequantize())
+
+
+def test_rejects_too_many_rows(kernels):
+    with pytest.raises(ValueError, match="rejected"):
+        kernels.matvec(torch.randn(9, 64), quantize_int8(weights(8, 64, seed=0)))

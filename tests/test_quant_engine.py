@@ -1,0 +1,100 @@
+"""Quantized and native-kernel engines against the plain float32 path."""
+
+import json
+
+import pytest
+import torch
+
+import codegemma
+from codegemma.cli import main
+from codegemma.errors import CheckpointError, InvalidRequestError
+
+HELD_OUT = (
+    "def main():\n    total = 0\n    for i in range(10):\n        total += i\n    print(total)\n"
+)
+
+
+def cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+@pytest.fixture(scope="module")
+def reference(trained_checkpoint):
+    lm = codegemma.load(trained_checkpoint, dtype="float32", kernels="torch")
+    ids = lm.tokenizer.encode(HELD_OUT)
+    return ids, lm.logits(ids)
+
+
+@pytest.mark.parametrize("mode, bound", [("int8", 0.999), ("int4", 0.99)])
+def test_quantized_logits_stay_close(trained_checkpoint, reference, mode, bound):
+    ids, expected = reference
+    lm = codegemma.load(trained_checkpoint, quantize=mode)
+    assert lm.weights == mode
+    assert cosine(lm.logits(ids), expected) >= bound
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_native_decode_step_matches_plain_path(trained_checkpoint, mode):
+    native = codegemma.load(trained_checkpoint, quantize=mode, kernels="native")
+    plain = codegemma.load(trained_checkpoint, quantize=mode, kernels="torch")
+    plain.model.compute_dtype = torch.float32  # same activation dtype as the native path
+    assert native.acceleration.kernels == "native"
+    token = torch.tensor([[native.tokenizer.encode("def")[1]]])  # one token: the decode path
+    with torch.no_grad():
+        got, expected = native.model(token)[0, 0], plain.model(token)[0, 0]
+    assert cosine(got, expected) >= (0.99999 if mode is None else 0.9995)
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_native_batches_equal_single_runs(trained_checkpoint, mode):
+    lm = codegemma.load(trained_checkpoint, quantize=mode)
+    prompts = ["def f(x):", "import os\nimport sys\n", "class Cache:\n    def get(self"]
+    together = lm.generate(prompts, max_new_tokens=12)
+    alone = [lm.generate(p, max_new_tokens=12) for p in prompts]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_command_writes_a_checkpoint_that_loads_as_quantized(
+    capsys, trained_checkpoint, tmp_path, bits
+):
+    out = tmp_path / f"q{bits}"
+    assert main(["quantize", str(trained_checkpoint), str(out), "--bits", str(bits)]) == 0
+    mode = f"int{bits}"
+    assert json.loads((out / "config.json").read_text())["quantization"]["mode"] == mode
+    saved = codegemma.load(out)
+    assert saved.weights == mode and any("blocks" in n for n in saved.notes)
+    at_load = codegemma.load(trained_checkpoint, quantize=mode)
+    ids = saved.tokenizer.encode(HELD_OUT)
+    assert torch.equal(saved.logits(ids), at_load.logits(ids))
+    size = (out / "model.safetensors").stat().st_size
+    assert size < 0.5 * (trained_checkpoint / "model.safetensors").stat().st_size
+    assert main(["quantize", str(trained_checkpoint), str(out), "--bits", "8"]) == 1  # not empty
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_broken_quantized_checkpoint_is_named(trained_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "q8"
+    assert main(["quantize", str(trained_checkpoint), str(out), "--bits", "8"]) == 0
+    tensors = load_file(str(out / "model.safetensors"))
+    del tensors["model.layers.0.mlp.up_proj.weight.scales"]
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="up_proj.weight.qs.*scales"):
+        codegemma.load(out)
+
+
+def test_kernel_choice_is_explicit_and_falls_back(trained_checkpoint, tmp_path, monkeypatch):
+    assert codegemma.load(trained_checkpoint, kernels="torch").acceleration.kernels == "torch"
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(InvalidRequestError, match="native kernels unavailable"):
+        codegemma.load(trained_checkpoint, kernels="native")
+    fallback = codegemma.load(trained_checkpoint, kernels="auto")
+    assert fallback.acceleration.kernels == "torch"
+    assert "unavailable" in fallback.acceleration.note
+    with pytest.raises(InvalidRequestError):
+        codegemma.load(trained_checkpoint, quantize="int3")
+    with pytest.raises(InvalidRequestError):
+        codegemma.load(trained_checkpoint, threads=0)
