@@ -25,8 +25,11 @@ class Acceleration:
     build_seconds: float = 0.0  # time spent compiling kernels (0 when cached)
     note: str = ""  # why "auto" picked what it did
     native: NativeKernels | None = None
+    backend: NativeBackend | None = None
 
     def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
         if self.native is not None:
             self.native.close()
 
@@ -49,7 +52,7 @@ def accelerate(
         raise InvalidRequestError(f"threads must be a positive integer, got {threads!r}")
     threads = threads or default_threads()
     if device.type == "cpu":
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the native backend sets 1: it owns the threads
     if kernels == "torch" or device.type != "cpu":
         attach_backend(model, None)
         return Acceleration("torch", threads, note="plain PyTorch" if kernels == "torch" else "GPU")
@@ -64,6 +67,8 @@ def accelerate(
         native.close()
         attach_backend(model, None)
         return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
-    attach_backend(model, NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16()))
+    backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
+    attach_backend(model, backend)
     model.compute_dtype = torch.float32
-    return Acceleration("native", threads, native.build_seconds, "C kernels", native)
+    torch.set_num_threads(1)  # process-wide: PyTorch's own pool would fight the kernels'
+    return Acceleration("native", threads, native.build_seconds, "C kernels", native, backend)

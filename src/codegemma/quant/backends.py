@@ -5,6 +5,8 @@ A backend is owned by one engine and attached to that engine's Linear/Embedding 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +14,15 @@ from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 from codegemma.quant.native import MAX_ROWS, NativeKernels
 
 Weight = torch.Tensor | Int8Blocks | Int4Blocks
+_SCRATCH_FLOATS = 16 * 1024 * 1024  # 64 MB of float32 for one widened slice of a weight
+
+
+def _row_slice(weight: Weight, start: int, end: int) -> Weight:
+    if isinstance(weight, torch.Tensor):
+        return weight[start:end]
+    if isinstance(weight, Int8Blocks):
+        return Int8Blocks(weight.qs[start:end], weight.scales[start:end])
+    return Int4Blocks(weight.packed[start:end], weight.scales[start:end])
 
 
 class NativeBackend:
@@ -23,6 +34,10 @@ class NativeBackend:
         self.kernels = kernels
         self.fast_bf16_gemm = fast_bf16_gemm  # CPUs with bf16 matrix units: GEMM in bf16
         self._scratch = torch.empty(0, dtype=torch.float32)
+        # PyTorch runs single-threaded beside the kernels' own threads (two thread pools
+        # spinning on the same cores halve decode speed); long GEMMs are split by output
+        # rows over these Python threads instead, each a one-thread GEMM without the GIL.
+        self._gemm_threads = ThreadPoolExecutor(kernels.threads) if kernels.threads > 1 else None
 
     def linear(self, x: torch.Tensor, weight: Weight) -> torch.Tensor:
         """x (B, T, K) or (rows, K) float32 -> (..., N) float32.
@@ -39,11 +54,29 @@ class NativeBackend:
                 for i in range(0, flat.shape[0], MAX_ROWS)
             ]
             return torch.cat(parts).view(*x.shape[:-1], -1)
-        if isinstance(weight, torch.Tensor):
-            if self.fast_bf16_gemm:
-                return F.linear(x.to(weight.dtype), weight).float()
-            return F.linear(x, self._widened(weight))
-        return F.linear(x, self._dequantized(weight))
+        if isinstance(weight, torch.Tensor) and self.fast_bf16_gemm:
+            return self._gemm(x.to(weight.dtype), weight).float()
+        # Widen one slice of rows at a time: scratch memory stays small (a 256000-row
+        # embedding would need 2 GB at once) and each slice is still a large GEMM.
+        n, k = weight.shape
+        rows = max(self.kernels.threads, _SCRATCH_FLOATS // k)
+        out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+        for start in range(0, n, rows):
+            piece = _row_slice(weight, start, start + rows)
+            widened = self.kernels.dequantize(piece, self._buffer(piece.shape))
+            out[..., start : start + piece.shape[0]] = self._gemm(x, widened)
+        return out
+
+    def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """F.linear split by output rows over the GEMM threads."""
+        if self._gemm_threads is None:
+            return F.linear(x, weight)
+        n = weight.shape[0]
+        step = -(-n // self.kernels.threads)
+        parts = self._gemm_threads.map(
+            lambda start: F.linear(x, weight[start : start + step]), range(0, n, step)
+        )
+        return torch.cat(list(parts), dim=-1)
 
     def _buffer(self, shape: tuple[int, int]) -> torch.Tensor:
         size = shape[0] * shape[1]
@@ -51,11 +84,9 @@ class NativeBackend:
             self._scratch = torch.empty(size, dtype=torch.float32)
         return self._scratch[:size].view(shape)
 
-    def _widened(self, weight: torch.Tensor) -> torch.Tensor:
-        return self._buffer(tuple(weight.shape)).copy_(weight)
-
-    def _dequantized(self, weight: Int8Blocks | Int4Blocks) -> torch.Tensor:
-        return self.kernels.dequantize(weight, self._buffer(weight.shape))
+    def close(self) -> None:
+        if self._gemm_threads is not None:
+            self._gemm_threads.shutdown()
 
 
 def cpu_has_fast_bf16() -> bool:

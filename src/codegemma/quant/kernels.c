@@ -410,6 +410,24 @@ int cg_dequantize(cg_pool *pool, int kind, const void *values, int64_t value_row
     return 0;
 }
 
+static void widen_task(void *p, int64_t begin, int64_t end) {
+    matvec_args *a = (matvec_args *)p;
+    for (int64_t o = begin; o < end; o++) {
+        const uint16_t *w = (const uint16_t *)(a->values + o * a->value_row);
+        float *out = a->y + o * a->K;
+        for (int64_t i = 0; i < a->K; i++) out[i] = bf16_to_f32(w[i]);
+    }
+}
+
+/* out (N, K) float32 = a bfloat16 weight with rows `value_row` bytes apart. */
+int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *out, int64_t N,
+                  int64_t K) {
+    matvec_args a = {16, (const uint8_t *)values, NULL, value_row, 0, 0, 0, 0, NULL,
+                     {NULL, NULL}, out, 0, N, K};
+    pool_run(pool, widen_task, &a, N);
+    return 0;
+}
+
 int cg_has_avx2(void) {
 #ifdef CG_AVX2
     return 1;

@@ -100,6 +100,8 @@ class NativeKernels:
         lib.cg_matvec.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, p, i64, i64, i64, p]
         lib.cg_dequantize.restype = i32
         lib.cg_dequantize.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, i64, i64]
+        lib.cg_widen_bf16.restype = i32
+        lib.cg_widen_bf16.argtypes = [p, p, i64, p, i64, i64]
         self.vectorized = bool(lib.cg_has_avx2())
         self._lib = lib
         self.threads = threads
@@ -139,8 +141,14 @@ class NativeKernels:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
 
-    def dequantize(self, weight: Int8Blocks | Int4Blocks, out: torch.Tensor) -> torch.Tensor:
+    def dequantize(
+        self, weight: torch.Tensor | Int8Blocks | Int4Blocks, out: torch.Tensor
+    ) -> torch.Tensor:
         """Fill `out` (N, K) float32 with the weight's values, using every thread."""
+        if isinstance(weight, torch.Tensor):
+            _, values, v_row, *_ = _layout(weight)
+            self._lib.cg_widen_bf16(self._pool, values, v_row, out.data_ptr(), *weight.shape)
+            return out
         kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = _layout(weight)
         N, K = weight.shape
         status = self._lib.cg_dequantize(

@@ -1,0 +1,210 @@
+"""Speed against llama.cpp and transformers on identical weights, in one run on one machine.
+
+    bash benchmarks/setup.sh                 # llama-cpp-python for the peer (not a package dep)
+    python benchmarks/speed.py [--work DIR] [--threads N] [--quick] [--skip transformers]
+
+Writes a random-weight model with the exact CodeGemma-2B shapes (Hugging Face layout), our
+int8/int4 checkpoints (`codegemma quantize`), GGUF F16/Q8_0/Q4_0 files (`codegemma convert`),
+then measures every engine in a fresh process: load time, prefill tok/s at 128 and 512 tokens,
+time to first token, decode tok/s over 64 tokens, batched decode throughput, peak RSS. Prints
+a table with ratios and appends it, dated, to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ENGINES = [  # (row name, engine, file key, equal-bits peer row)
+    ("codegemma bf16", "codegemma", "hf", "llama.cpp F16"),
+    ("codegemma int8", "codegemma", "int8", "llama.cpp Q8_0"),
+    ("codegemma int4", "codegemma", "int4", "llama.cpp Q4_0"),
+    ("llama.cpp F16", "llama.cpp", "f16", None),
+    ("llama.cpp Q8_0", "llama.cpp", "q8_0", None),
+    ("llama.cpp Q4_0", "llama.cpp", "q4_0", None),
+    ("transformers bf16", "transformers", "hf", None),
+]
+
+
+def run(cmd: list[str], **kw) -> str:
+    print("$", " ".join(cmd), file=sys.stderr)
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kw)
+    return done.stdout
+
+
+def prepare(work: Path, preset: str) -> tuple[dict[str, Path], dict[str, float]]:
+    """Every file the engines read, made once and reused; seconds spent converting."""
+    files = {"hf": work / "hf"}
+    timings: dict[str, float] = {}
+    run([sys.executable, str(HERE / "synthetic_model.py"), str(files["hf"]), "--preset", preset])
+    for mode in ("int8", "int4"):
+        files[mode] = work / mode
+        if not (files[mode] / "model.safetensors").exists():
+            started = time.perf_counter()
+            run(["codegemma", "quantize", str(files["hf"]), str(files[mode]), "--bits", mode[3:]])
+            timings[f"quantize {mode}"] = time.perf_counter() - started
+    for kind in ("f16", "q8_0", "q4_0"):
+        files[kind] = work / f"model-{kind}.gguf"
+        if not files[kind].exists():
+            run(
+                [
+                    "codegemma",
+                    "convert",
+                    str(files["hf"]),
+                    str(files[kind]),
+                    "--to",
+                    "gguf",
+                    "--type",
+                    kind,
+                ]
+            )
+    return files, timings
+
+
+def measure(engine: str, path: Path, args, transformers_prompts: list[int]) -> dict:
+    prompts = transformers_prompts if engine == "transformers" else args.prompts
+    cmd = [
+        sys.executable,
+        str(HERE / "speed_worker.py"),
+        engine,
+        str(path),
+        "--threads",
+        str(args.threads),
+        "--prompts",
+        ",".join(map(str, prompts)),
+        "--decode",
+        str(args.decode if engine != "transformers" else args.transformers_decode),
+    ]
+    if engine != "llama.cpp":  # llama-cpp-python's high-level API decodes one sequence
+        cmd += ["--batches", ",".join(map(str, args.batches))]
+    try:
+        return json.loads(run(cmd).strip().splitlines()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError) as exc:
+        return {"error": str(exc)[:200]}
+
+
+COLUMNS = [
+    ("load_s", "load s", ".1f"),
+    ("prefill128_tok_s", "pp128 t/s", ".1f"),
+    ("prefill512_tok_s", "pp512 t/s", ".1f"),
+    ("ttft128_s", "TTFT128 s", ".2f"),
+    ("decode_tok_s", "tg64 t/s", ".2f"),
+    ("batch4_tok_s", "b4 t/s", ".2f"),
+    ("batch8_tok_s", "b8 t/s", ".2f"),
+    ("peak_rss_gb", "RSS GB", ".2f"),
+]
+
+
+def table(results: dict[str, dict]) -> str:
+    head = "| engine | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in results.items():
+        cells = [format(r[k], f) if isinstance(r.get(k), float) else "n/a" for k, _, f in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: dict[str, dict]) -> str:
+    """Our rows against the equal-bits llama.cpp row, llama.cpp's best prefill, transformers."""
+    lines = []
+    best_pp512 = max(
+        (r.get("prefill512_tok_s", 0) for n, r in results.items() if n.startswith("llama.cpp")),
+        default=0,
+    )
+    hf = results.get("transformers bf16", {})
+    for name, _, _, peer in ENGINES:
+        ours = results.get(name)
+        if not ours or "error" in ours or peer is None:
+            continue
+        parts = []
+        p = results.get(peer, {})
+        for key, label in (
+            ("decode_tok_s", "decode"),
+            ("prefill512_tok_s", "pp512"),
+            ("prefill128_tok_s", "pp128"),
+        ):
+            if p.get(key) and ours.get(key):
+                parts.append(f"{label} {ours[key] / p[key]:.2f}x {peer}")
+        if best_pp512 and ours.get("prefill512_tok_s"):
+            parts.append(f"pp512 {ours['prefill512_tok_s'] / best_pp512:.2f}x llama.cpp best")
+        for key, label in (("decode_tok_s", "decode"), ("prefill128_tok_s", "pp128")):
+            if hf.get(key) and ours.get(key):
+                parts.append(f"{label} {ours[key] / hf[key]:.2f}x transformers")
+        lines.append(f"- {name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = next(
+            x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")
+        )
+        simd = [
+            f
+            for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+            if f in flags.split()
+        ]
+    except (OSError, StopIteration):
+        simd = []
+    return f"{cpu}, {os.cpu_count()} cores ({', '.join(simd) or 'no AVX2'})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/codegemma-bench"))
+    parser.add_argument("--preset", default="codegemma-2b")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--prompts", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512]
+    )
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
+    parser.add_argument(
+        "--transformers-prompts",
+        default="128",
+        help="transformers is slow here: prompt lengths it is timed on",
+    )
+    parser.add_argument("--transformers-decode", type=int, default=16)
+    parser.add_argument("--skip", action="append", default=[], help="engine to leave out")
+    parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
+    args = parser.parse_args()
+    files, timings = prepare(args.work / args.preset, args.preset)
+    t_prompts = [int(x) for x in args.transformers_prompts.split(",")]
+    results = {}
+    for name, engine, key, _ in ENGINES:
+        if engine in args.skip or name in args.skip:
+            continue
+        results[name] = measure(engine, files[key], args, t_prompts)
+        print(name, json.dumps(results[name]), file=sys.stderr)
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    report = (
+        f"\n## {when} — {args.preset} shapes, {args.threads} threads\n\n"
+        f"Machine: {machine()}. Command: `python benchmarks/speed.py "
+        f"--threads {args.threads}`. Conversion: "
+        + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
+        + f".\n\n{table(results)}\n\nRatios (same run):\n{ratios(results)}\n"
+    )
+    print(report)
+    if not args.no_append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Measure one engine on one checkpoint, in a process of its own (so peak RSS is its own).
+
+    python benchmarks/speed_worker.py ENGINE PATH --threads 2 --prompts 128,512 --decode 64
+        --batches 4,8
+
+ENGINE is `codegemma`, `llama.cpp` or `transformers`. Prints one JSON object. Every engine
+is timed on the same random token ids, through its normal incremental-decoding path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+
+def token_ids(count: int, seed: int, vocab: int = 256000) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1000, vocab - 1000, (count,), generator=generator).tolist()
+
+
+# ------------------------------------------------------------------------------ codegemma
+
+
+def run_codegemma(path: str, args) -> dict:
+    import codegemma
+    from codegemma.generation import decode_tokens
+    from codegemma.sampling import SamplingParams
+
+    started = time.perf_counter()
+    lm = codegemma.load(path, threads=args.threads)
+    result = {
+        "load_s": time.perf_counter() - started,
+        "kernels": lm.acceleration.kernels,
+        "weights": lm.weights,
+        "build_s": lm.acceleration.build_seconds,
+    }
+
+    def timed_steps(prompts: list[list[int]], steps: int) -> tuple[float, float]:
+        """(seconds to the first token, seconds for the following `steps` tokens)."""
+        t0 = time.perf_counter()
+        stream = decode_tokens(
+            lm.model,
+            prompts,
+            capacity=len(prompts[0]) + steps + 1,
+            params=SamplingParams(),
+            vocab_limit=lm.tokenizer.vocab_size,
+            finished=set(),
+        )
+        with torch.inference_mode():
+            next(stream)
+            first = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            for _ in range(steps):
+                next(stream)
+        return first, time.perf_counter() - t1
+
+    timed_steps([token_ids(16, 0)], 2)  # warm up: page in the weights, start the threads
+    for n in args.prompts:
+        first, _ = timed_steps([token_ids(n, n)], 0)
+        result[f"prefill{n}_tok_s"] = n / first
+        result[f"ttft{n}_s"] = first
+    _, decode = timed_steps([token_ids(args.decode_prompt, 1)], args.decode)
+    result["decode_tok_s"] = args.decode / decode
+    for b in args.batches:
+        prompts = [token_ids(args.decode_prompt, 100 + i) for i in range(b)]
+        _, seconds = timed_steps(prompts, args.batch_decode)
+        result[f"batch{b}_tok_s"] = b * args.batch_decode / seconds
+    return result
+
+
+# ------------------------------------------------------------------------------ llama.cpp
+
+
+def run_llama_cpp(path: str, args) -> dict:
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(
+        model_path=path,
+        n_ctx=max(args.prompts + [args.decode_prompt]) + args.decode + 8,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        logits_all=False,
+        verbose=False,
+    )
+    result = {"load_s": time.perf_counter() - started}
+    llm.eval(token_ids(16, 0))  # warm up
+    for n in args.prompts:
+        llm.reset()
+        ids = token_ids(n, n)
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        llm.sample(temp=0.0)
+        first = time.perf_counter() - t0
+        result[f"prefill{n}_tok_s"] = n / first
+        result[f"ttft{n}_s"] = first
+    llm.reset()
+    llm.eval(token_ids(args.decode_prompt, 1))
+    token = llm.sample(temp=0.0)
+    t1 = time.perf_counter()
+    for _ in range(args.decode):
+        llm.eval([token])
+        token = llm.sample(temp=0.0)
+    result["decode_tok_s"] = args.decode / (time.perf_counter() - t1)
+    return result
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def run_transformers(path: str, args) -> dict:
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    result = {"load_s": time.perf_counter() - started}
+
+    def steps(prompts: list[list[int]], count: int) -> tuple[float, float]:
+        ids = torch.tensor(prompts)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            first = time.perf_counter() - t0
+            past = out.past_key_values
+            t1 = time.perf_counter()
+            for _ in range(count):
+                out = model(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        return first, time.perf_counter() - t1
+
+    steps([token_ids(16, 0)], 1)
+    for n in args.prompts:
+        first, _ = steps([token_ids(n, n)], 0)
+        result[f"prefill{n}_tok_s"] = n / first
+        result[f"ttft{n}_s"] = first
+    _, decode = steps([token_ids(args.decode_prompt, 1)], args.decode)
+    result["decode_tok_s"] = args.decode / decode
+    for b in args.batches:
+        prompts = [token_ids(args.decode_prompt, 100 + i) for i in range(b)]
+        _, seconds = steps(prompts, args.batch_decode)
+        result[f"batch{b}_tok_s"] = b * args.batch_decode / seconds
+    return result
+
+
+RUNNERS = {"codegemma": run_codegemma, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("engine", choices=sorted(RUNNERS))
+    parser.add_argument("path")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=_ints, default=[128, 512])
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--decode-prompt", type=int, default=32)
+    parser.add_argument("--batches", type=_ints, default=[])
+    parser.add_argument("--batch-decode", type=int, default=16)
+    args = parser.parse_args()
+    result = RUNNERS[args.engine](args.path, args)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
