@@ -183,11 +183,11 @@ def trained_checkpoint(
     import shutil
 
     import torch
+    from tiny_models import tiny_config, train_tiny
 
     from codegemma.loading import save_hf_checkpoint
     from codegemma.random_model import random_model
     from codegemma.tokenizer import Tokenizer
-    from tiny_models import tiny_config, train_tiny
 
     tokenizer = Tokenizer.from_dir(tiny_tokenizer_dir)
     ids = torch.tensor(tokenizer.encode("".join(tiny_tokenizer_corpus[:3])))

@@ -74,7 +74,6 @@ def test_generate_reads_the_model_from_the_environment(capsys, mqa_checkpoint, m
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "x"], "no model given"),
         (["generate", "--model", "/nonexistent/model", "x"], "does not exist"),
         (
             ["complete", "--model", "{ckpt}", "--prefix", "a", "--cursor", "1:1"],

@@ -20,6 +20,7 @@ MODEL_ENV = "CODEGEMMA_MODEL"
 COMMAND_MODULES: tuple[str, ...] = (
     "codegemma.evaluation.cli",
     "codegemma.gguf.convert_cli",
+    "codegemma.serving.cli",
     "codegemma.training.cli",
 )
 
@@ -99,7 +100,7 @@ def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get(MODEL_ENV),
-        help=f"model directory or Hugging Face id (default: ${MODEL_ENV})",
+        help=f"model directory or Hugging Face id (default: ${MODEL_ENV}, else the shipped model)",
     )
     parser.add_argument("--dtype", help="bfloat16 (default) or float32")
     parser.add_argument("--device", help="cpu (default) or cuda")
@@ -131,10 +132,9 @@ def generation_options(parser: argparse.ArgumentParser, default_max: int = 128) 
 def load_model(args):
     from codegemma.engine import load
 
-    if not args.model:
-        raise InvalidRequestError(f"no model given: pass --model or set {MODEL_ENV}")
+    # No --model and no $CODEGEMMA_MODEL: the small model shipped inside the package.
     return load(
-        args.model,
+        args.model or None,
         dtype=args.dtype,
         device=args.device,
         quantize=args.quantize,

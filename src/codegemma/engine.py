@@ -23,15 +23,20 @@ from codegemma.tokenizer import Tokenizer
 
 
 def load(
-    model: str | os.PathLike,
+    model: str | os.PathLike | None = None,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     quantize: str | None = None,
     kernels: str = "auto",
     threads: int | None = None,
+    adapter: str | os.PathLike | None = None,
+    merge_adapter: bool = True,
 ) -> CodeGemma:
     """Load a CodeGemma checkpoint: a model directory, a GGUF file or a Hugging Face id.
+
+    `model` None: the small default model shipped inside the package. `adapter`: a LoRA adapter
+    directory in PEFT's layout, merged into the weights unless `merge_adapter` is False.
 
     `dtype`: bfloat16 (default) or float32 for unquantized weights. `quantize`: "int8" or
     "int4" quantizes weights at load (a checkpoint written by `codegemma quantize` loads
@@ -40,7 +45,17 @@ def load(
     """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
+    if model is None:
+        from codegemma.default_model import default_model_dir
+
+        model = default_model_dir()
     net, tokenizer, path, notes = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
+    if adapter is not None:
+        from codegemma.training.lora import apply_adapter
+
+        apply_adapter(net, adapter, merge=merge_adapter)
+        how = "merged" if merge_adapter else "separate"
+        notes.append(f"LoRA adapter {adapter} applied ({how})")
     if quantize is not None:
         if quantize not in BITS:
             raise InvalidRequestError(f"quantize must be int8 or int4, got {quantize!r}")

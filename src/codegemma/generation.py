@@ -197,3 +197,94 @@ def _completion(sequence: _Sequence, usage: Usage) -> Completion:
         token_ids=sequence.token_ids,
         stop=sequence.stop,
     )
+
+
+class Continuation:
+    """One sequence continuing from a KV cache, advanced one forward pass per `step()`.
+
+    For a server that interleaves sequences and may drop one between steps. `cache` (batch 1)
+    already holds the keys and values of `prompt[:cache.length]`, typically a prefix reused from
+    an earlier request, so only the rest of the prompt is computed, at most `prefill_chunk`
+    tokens per step. `cached_ids` names what the cache holds at any moment, so the cache of a
+    finished or abandoned sequence can be kept for the next request. With
+    `stops.max_new_tokens == 0` the prompt is only evaluated into the cache.
+    """
+
+    def __init__(
+        self,
+        model: GemmaForCausalLM,
+        tokenizer: Tokenizer,
+        cache: KVCache,
+        prompt: Sequence[int],
+        stops: StopConditions,
+        params: SamplingParams,
+        *,
+        prefill_chunk: int = 256,
+    ) -> None:
+        if not prompt or cache.batch_size != 1 or prefill_chunk < 1:
+            raise ValueError("a continuation needs a non-empty prompt and a one-row cache")
+        if cache.length >= len(prompt):
+            cache.truncate(len(prompt) - 1)  # the last prompt token must run to give logits
+        self.model, self.cache, self.stops, self.params = model, cache, stops, params
+        self.reused = cache.length  # prompt tokens whose keys and values were already cached
+        self.prompt_tokens = len(prompt)
+        self.prefill_chunk = prefill_chunk
+        self.completion: Completion | None = None
+        self._ids = list(prompt)  # the prompt, then each generated token once it is to be fed
+        self._text = _Sequence(tokenizer, stops)
+        self._vocab_limit = tokenizer.vocab_size
+        self._generators = make_generators(params, 1)
+        self._started: float | None = None
+        self._prefilled: float | None = None
+
+    @property
+    def cached_ids(self) -> list[int]:
+        """The token ids whose keys and values the cache holds now."""
+        return self._ids[: self.cache.length]
+
+    @property
+    def prefilled(self) -> bool:
+        """Whether the whole prompt has been evaluated."""
+        return self._prefilled is not None
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far, a stop token included."""
+        return self._text.generated
+
+    def step(self) -> str:
+        """Run one forward pass (a prompt chunk or one new token); return the text it released."""
+        if self.completion is not None:
+            raise RuntimeError("the continuation is finished")
+        self._started = self._started or time.perf_counter()
+        device = self.model.model.embed_tokens.weight.device
+        pending = self._ids[self.cache.length :]  # (T,) tokens not yet in the cache
+        chunk = pending[: self.prefill_chunk]
+        logits = self.model(torch.tensor([chunk], device=device), cache=self.cache)
+        if len(chunk) < len(pending):
+            return ""
+        self._prefilled = self._prefilled or time.perf_counter()
+        if self.stops.max_new_tokens == 0:
+            self._finish()
+            return ""
+        logits = logits[:, -1].float()  # (1, V)
+        logits[:, self._vocab_limit :] = float("-inf")  # padded embedding rows are not tokens
+        token = int(pick_tokens(logits, self.params, self._generators)[0])
+        context_full = len(self._ids) + 1 > self.cache.capacity  # no slot left to feed it
+        piece = self._text.push(token, context_full)
+        if self._text.finish_reason is not None:
+            self._finish()
+        else:
+            self._ids.append(token)
+        return piece
+
+    def _finish(self) -> None:
+        now = time.perf_counter()
+        prefilled = self._prefilled or now
+        usage = Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self._text.generated,
+            prompt_seconds=prefilled - (self._started or now),
+            generation_seconds=now - prefilled,
+        )
+        self.completion = _completion(self._text, usage)

@@ -105,6 +105,12 @@ class Tokenizer:
             return _load_json(file)
         return _load_sentencepiece(file)
 
+    @classmethod
+    def from_sentencepiece_bytes(cls, data: bytes, source: str | Path) -> Tokenizer:
+        """Load a serialized SentencePiece model held in memory (e.g. rebuilt from GGUF
+        metadata); ``source`` is the file it came from, named in messages and ``path``."""
+        return _load_sentencepiece_bytes(data, Path(source))
+
     def _required(self, text: str) -> int:
         token = self.token_id(text)
         if token is None:
@@ -261,7 +267,10 @@ def _looks_like_json(file: Path) -> bool:
 
 
 def _load_sentencepiece(file: Path) -> Tokenizer:
-    data = file.read_bytes()
+    return _load_sentencepiece_bytes(file.read_bytes(), file)
+
+
+def _load_sentencepiece_bytes(data: bytes, file: Path) -> Tokenizer:
     proto = model_pb2.ModelProto()
     try:
         proto.ParseFromString(data)

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 BLOCK = 32  # values per scale, along the input dimension
+ROWS_PER_CHUNK = 64  # rows quantized together by quantize_int4
 
 
 @dataclasses.dataclass
@@ -112,14 +113,33 @@ def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float16
     blocks = weight.float().view(out, inp // BLOCK, BLOCK)
     scales = blocks.abs().amax(dim=-1) / 127.0  # (out, nb), float32 as ggml computes it
     inverse = torch.where(scales > 0, 1.0 / scales, torch.zeros(()))
-    qs = torch.round(blocks * inverse[..., None]).clamp(-127, 127).to(torch.int8)
+    qs = _round_half_away(blocks * inverse[..., None]).clamp(-127, 127).to(torch.int8)
     return Int8Blocks(qs.view(out, inp), scales.to(scale_dtype))
+
+
+def _round_half_away(values: torch.Tensor) -> torch.Tensor:
+    """C's roundf (ties away from zero), which ggml uses; torch.round ties to even."""
+    return torch.sign(values) * torch.floor(values.abs() + 0.5)
 
 
 def quantize_int4(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float16) -> Int4Blocks:
     """4-bit blocks in GGUF Q4_0's layout, with the scale of each block chosen to minimise the
     squared error among candidates around Q4_0's own choice (largest magnitude -> -8)."""
     out, inp = _blocked_shape(weight)
+    packed = torch.empty(out, inp // 2, dtype=torch.uint8)
+    scales = torch.empty(out, inp // BLOCK, dtype=scale_dtype)
+    for start in range(0, out, ROWS_PER_CHUNK):  # chunks keep the float32 temporaries in cache
+        stop = min(start + ROWS_PER_CHUNK, out)
+        packed[start:stop], scales[start:stop] = _quantize_int4_rows(
+            weight[start:stop], scale_dtype
+        )
+    return Int4Blocks(packed, scales)
+
+
+def _quantize_int4_rows(
+    weight: torch.Tensor, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, inp = weight.shape
     blocks = weight.float().view(out, inp // BLOCK, BLOCK)
     index = blocks.abs().argmax(dim=-1, keepdim=True)
     extreme = blocks.gather(-1, index).squeeze(-1) / -8.0  # Q4_0's scale, float32 (out, nb)
@@ -135,7 +155,7 @@ def quantize_int4(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float16
         best_q = torch.where(better[..., None], q, best_q)
     low, high = best_q[..., : BLOCK // 2], best_q[..., BLOCK // 2 :]
     packed = (low | (high << 4)).view(out, inp // 2)
-    return Int4Blocks(packed, best_scale.to(scale_dtype))
+    return packed, best_scale.to(scale_dtype)
 
 
 def _nibbles(blocks: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

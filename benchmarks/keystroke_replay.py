@@ -1,0 +1,293 @@
+"""Keystroke replay: an editor re-types one line of a real source file against two servers.
+
+    bash benchmarks/build_llama_server.sh       # the peer, built once into a cache directory
+    codegemma convert HF_DIR model-q8_0.gguf --to gguf --type q8_0
+    python benchmarks/keystroke_replay.py --model INT8_DIR --gguf model-q8_0.gguf \
+        --llama-server PATH [--source FILE] [--line N] [--threads 2]
+
+One `/infill` request every 4 keystrokes (prefix up to 3000 characters, suffix up to 1000,
+16 new tokens, greedy, streamed), sent one after another as an editor does, for two client
+styles: one that slides its prefix window (the last 3000 characters before the cursor, as
+editor plugins do) and one that keeps the window's start fixed. Each server runs alone on the
+machine, restarted for each style so no style inherits the other's cache. Reports time to
+first streamed token and total latency (median and p90 over the requests after the first),
+and prompt tokens recomputed per request; prints a table and appends it to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STYLES = ("sliding", "fixed")
+
+
+def pick_line(lines: list[str], start: int, min_length: int = 40) -> int:
+    """The first line at or after `start` (0-based) with enough code (indentation aside)."""
+    for index in range(start, len(lines)):
+        if len(lines[index].strip()) >= min_length:
+            return index
+    raise SystemExit(f"no line of {min_length}+ characters after line {start + 1}")
+
+
+def typing_requests(
+    source: str,
+    line: int,
+    style: str,
+    *,
+    every: int = 4,
+    prefix_chars: int = 3000,
+    suffix_chars: int = 1000,
+) -> list[tuple[str, str]]:
+    """(prefix, suffix) of each request while line `line` (0-based) is typed again.
+
+    The line is deleted and re-typed; text after the cursor is the rest of the file. A sliding
+    client sends the last `prefix_chars` before the cursor; a fixed one keeps the start the
+    window had at the first request.
+    """
+    lines = source.splitlines(keepends=True)
+    before, text = "".join(lines[:line]), lines[line].rstrip("\n")
+    after = "\n" + "".join(lines[line + 1 :])
+    suffix = after[:suffix_chars]
+    cuts = list(range(every, len(text), every)) + [len(text)]
+    fixed_start = max(0, len(before) + cuts[0] - prefix_chars)
+    out = []
+    for typed in cuts:
+        prefix = before + text[:typed]
+        start = max(0, len(prefix) - prefix_chars) if style == "sliding" else fixed_start
+        out.append((prefix[start:], suffix))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, log: Path, timeout: float = 600):
+    """Run a server process until the block ends; waits for its /health."""
+    print("$", shlex.join(command), file=sys.stderr)
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"server exited with {process.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        else:
+            raise SystemExit(f"server not healthy after {timeout} s; see {log}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -> dict:
+    """One streamed /infill request: seconds to the first token and in total, tokens counts."""
+    body = {
+        "input_prefix": prefix,
+        "input_suffix": suffix,
+        "n_predict": n_predict,
+        "temperature": 0,
+        "top_k": 1,
+        "cache_prompt": True,
+        "ignore_eos": True,  # random weights: both servers generate all the tokens asked for
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first, final = None, None
+    with httpx.stream("POST", f"{url}/infill", json=body, timeout=timeout) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if first is None and (event.get("content") or event.get("stop")):
+                first = time.perf_counter() - started
+            if event.get("stop"):
+                final = event
+    total = time.perf_counter() - started
+    timings = (final or {}).get("timings", {})
+    return {
+        "ttft_s": first if first is not None else total,
+        "total_s": total,
+        "recomputed": timings.get("prompt_n"),
+        "cached": timings.get("cache_n", final.get("tokens_cached") if final else None),
+        "predicted": timings.get("predicted_n"),
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    """Median and p90 over the requests after the first (the first fills an empty cache)."""
+    warm = records[1:] or records
+
+    def stats(key: str) -> tuple[float, float]:
+        values = sorted(r[key] for r in warm)
+        p90 = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
+        return statistics.median(values), p90
+
+    recomputed = [r["recomputed"] for r in warm if r["recomputed"] is not None]
+    return {
+        "requests": len(records),
+        "first_ttft_s": records[0]["ttft_s"],
+        "ttft_s": stats("ttft_s"),
+        "total_s": stats("total_s"),
+        "recomputed": statistics.median(recomputed) if recomputed else None,
+    }
+
+
+def engines(args) -> dict[str, callable]:
+    """Name -> function(port) giving the command line of that server."""
+    launcher = "from codegemma.cli import main; raise SystemExit(main())"
+    ours = [sys.executable, "-c", launcher, "serve", "--model", str(args.model)]
+    ours += ["--threads", str(args.threads), "--log-level", "warning"]
+    out = {"codegemma": lambda port: [*ours, "--port", str(port)]}
+    if args.llama_server:
+        peer = [str(args.llama_server), "-m", str(args.gguf), "-t", str(args.threads)]
+        peer += ["-c", str(args.context), "--host", "127.0.0.1"]
+        out["llama-server"] = lambda port: [*peer, "--port", str(port)]
+        if args.peer_spm:
+            out["llama-server --spm-infill"] = lambda port: [
+                *peer,
+                "--spm-infill",
+                "--port",
+                str(port),
+            ]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="our checkpoint directory")
+    parser.add_argument("--gguf", type=Path, help="the same weights as GGUF, for the peer")
+    parser.add_argument("--llama-server", type=Path, help="llama-server binary (omit: ours only)")
+    parser.add_argument(
+        "--peer-spm", action="store_true", help="also run llama-server --spm-infill"
+    )
+    parser.add_argument("--source", type=Path, default=Path(shlex.__file__), help="file to re-type")
+    parser.add_argument(
+        "--line", type=int, default=200, help="re-type the first long line from here"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=int, default=8192)
+    parser.add_argument("--n-predict", type=int, default=16)
+    parser.add_argument(
+        "--max-requests", type=int, default=0, help="cut each replay (0: whole line)"
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per request")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/keystroke-replay"))
+    parser.add_argument("--no-append", action="store_true", help="do not add to BENCHMARKS.md")
+    parser.add_argument(
+        "--from-results", type=Path, help="only render (and append) a saved results.json"
+    )
+    args = parser.parse_args()
+    if args.llama_server and not args.gguf:
+        parser.error("--llama-server needs --gguf")
+    args.work.mkdir(parents=True, exist_ok=True)
+    source = args.source.read_text()
+    line = pick_line(source.splitlines(keepends=True), args.line - 1)
+    if args.from_results:
+        results = json.loads(args.from_results.read_text())
+    else:
+        results = replay_all(args, source, line)
+        (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    report = render(args, source, line, results)
+    print(report)
+    if not args.no_append:
+        with (REPO / "BENCHMARKS.md").open("a") as out:
+            out.write("\n" + report)
+    return 0
+
+
+def replay_all(args, source: str, line: int) -> dict[str, dict[str, dict]]:
+    """Every client style against every server, one server process at a time."""
+    results: dict[str, dict[str, dict]] = {}
+    for style in STYLES:
+        requests = typing_requests(source, line, style)
+        if args.max_requests:
+            requests = requests[: args.max_requests]
+        for name, command in engines(args).items():
+            port = free_port()
+            log = args.work / f"{name.split()[0]}.log"
+            with server(command(port), port, log) as url:
+                records = []
+                for prefix, suffix in requests:
+                    records.append(infill(url, prefix, suffix, args.n_predict, args.timeout))
+                    print(name, style, json.dumps(records[-1]), file=sys.stderr, flush=True)
+            results.setdefault(style, {})[name] = {
+                "summary": summarize(records),
+                "records": records,
+            }
+    report = render(args, source, line, results)
+    print(report)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    if not args.no_append:
+        with (REPO / "BENCHMARKS.md").open("a") as out:
+            out.write("\n" + report)
+    return 0
+
+
+def render(args, source: str, line: int, results: dict) -> str:
+    """A markdown section: one row per server and client style, with ratios to ours."""
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = source.splitlines()
+    shown = [a for a in sys.argv[1:] if a != "--no-append"]
+    if "--from-results" in shown:  # name the measuring run, not the re-rendering
+        at = shown.index("--from-results")
+        del shown[at : at + 2]
+    command = "python benchmarks/keystroke_replay.py " + shlex.join(shown)
+    out = [
+        f"## {when} — keystroke replay against llama-server ({platform.machine()}, "
+        f"{os.cpu_count()} cores, {args.threads} threads)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Re-typing line {line + 1} of {args.source.name} ({len(lines)} lines, "
+        f"{len(lines[line])} characters): one streamed `/infill` every 4 keystrokes, prefix up "
+        f"to 3000 chars, suffix up to 1000, {args.n_predict} tokens, greedy. Figures are over "
+        "the requests after the first; 'first' is the cold first request.",
+        "",
+        "| client | server | requests | first TTFT s | TTFT median s | TTFT p90 s | "
+        "total median s | total p90 s | tokens recomputed (median) | TTFT vs ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for style, by_engine in results.items():
+        ours = by_engine["codegemma"]["summary"]["ttft_s"][0]
+        for name, entry in by_engine.items():
+            s = entry["summary"]
+            ratio = s["ttft_s"][0] / ours if ours else float("nan")
+            out.append(
+                f"| {style} | {name} | {s['requests']} | {s['first_ttft_s']:.2f} | "
+                f"{s['ttft_s'][0]:.2f} | {s['ttft_s'][1]:.2f} | {s['total_s'][0]:.2f} | "
+                f"{s['total_s'][1]:.2f} | {s['recomputed']} | {ratio:.1f}x |"
+            )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

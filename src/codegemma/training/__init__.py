@@ -1,0 +1,7 @@
+"""Training Gemma-architecture models: CodeGemma's FIM data pipeline, a trainer, LoRA.
+
+Modules: `split_points` (natural middles), `fim_transform` (PSM/SPM/plain examples),
+`gitignore` and `repo_packing` (which files, in what order), `dataset` (token rows),
+`trainer` (full training or LoRA, resumable), `lora` (PEFT-layout adapters), `line_infilling`
+and `humaneval_infill` (scores), `default_recipe` (the shipped model), `cli` (commands).
+"""

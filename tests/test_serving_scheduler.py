@@ -1,0 +1,191 @@
+"""The scheduler on its own: concurrent requests equal requests run alone, superseding, limits."""
+
+import queue
+import threading
+
+import pytest
+from serving_helpers import lively_engine
+
+from codegemma.sampling import SamplingParams
+from codegemma.serving.limits import EditorLimits
+from codegemma.serving.prompts import PromptBuilder
+from codegemma.serving.requests import ChatInput, FimInput, GenerationRequest, TextInput
+from codegemma.serving.scheduler import Done, Failed, Piece, Scheduler
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_tokenizer):
+    return lively_engine(tiny_tokenizer)
+
+
+def scheduler_for(lm, **options):
+    return make_scheduler(lm, **options).start()
+
+
+def make_scheduler(lm, **options):
+    # One thread: tiny matrices gain nothing from more, and a busy machine stalls OpenMP teams.
+    return Scheduler(lm, PromptBuilder(lm.tokenizer, lm.context_length), threads=1, **options)
+
+
+def collect(scheduler, request):
+    """Submit and wait: (pieces, final event)."""
+    events = queue.Queue()
+    scheduler.submit(request, events.put)
+    pieces = []
+    while True:
+        event = events.get(timeout=30)
+        if isinstance(event, Piece):
+            pieces.append(event.text)
+        else:
+            return pieces, event
+
+
+def requests():
+    out = []
+    for i in range(10):
+        prefix = f"def f{i}(x):\n    return x * {i}" + "\n    # pad" * (i * 3)
+        out.append(GenerationRequest(FimInput(prefix, "\n\nprint(f())\n"), max_tokens=12))
+        out.append(GenerationRequest(TextInput(f"import m{i}\n"), max_tokens=7 + i))
+    out.append(GenerationRequest(ChatInput(({"role": "user", "content": "hi"},)), max_tokens=9))
+    out.append(
+        GenerationRequest(
+            TextInput("seeded"), max_tokens=10, sampling=SamplingParams(temperature=1.0, seed=3)
+        )
+    )
+    return out
+
+
+def test_concurrent_requests_equal_requests_run_alone(lm):
+    alone_scheduler = scheduler_for(lm, prefill_chunk=8)
+    try:
+        alone = [collect(alone_scheduler, r) for r in requests()]
+    finally:
+        alone_scheduler.close()
+    together_scheduler = scheduler_for(lm, prefill_chunk=8, max_active=4)
+    results = {}
+    try:
+        threads = [
+            threading.Thread(
+                target=lambda i=i, r=r: results.setdefault(i, collect(together_scheduler, r))
+            )
+            for i, r in enumerate(requests())
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        together_scheduler.close()
+    assert len(results) == len(alone)
+    for i, (pieces, done) in enumerate(alone):
+        assert isinstance(done, Done)
+        got_pieces, got = results[i]
+        assert "".join(got_pieces) == "".join(pieces) == done.result.text
+        assert got.result.text == done.result.text
+        assert got.result.completion_tokens == done.result.completion_tokens
+
+
+def test_results_equal_the_engine(lm):
+    scheduler = scheduler_for(lm, prefill_chunk=5)
+    try:
+        prefix, suffix = "for i in range(10):\n    ", "\nprint(i)\n"
+        _, done = collect(scheduler, GenerationRequest(FimInput(prefix, suffix), max_tokens=16))
+        assert done.result.text == lm.complete(prefix, suffix, mode="spm", max_new_tokens=16).text
+        _, done = collect(
+            scheduler, GenerationRequest(FimInput(prefix, suffix, mode="psm"), max_tokens=16)
+        )
+        assert done.result.text == lm.complete(prefix, suffix, mode="psm", max_new_tokens=16).text
+        assert done.result.cached_tokens <= 3  # PSM: the prompt differs right after the prefix
+    finally:
+        scheduler.close()
+
+
+def test_typing_reuses_the_cache_in_spm_order(lm):
+    scheduler = scheduler_for(lm)
+    try:
+        line = "    total = sum(values)"
+        prefix = "def mean(values):\n"
+        evaluated = []
+        for end in range(4, len(line) + 1, 4):
+            request = GenerationRequest(
+                FimInput(prefix + line[:end], "\n    return x\n"), max_tokens=4
+            )
+            _, done = collect(scheduler, request)
+            evaluated.append(done.result.evaluated_tokens)
+        assert max(evaluated[1:]) <= 6  # a few tokens per keystroke, not the whole prompt
+    finally:
+        scheduler.close()
+
+
+def test_a_queued_job_superseded_by_its_client_never_runs(lm):
+    scheduler = make_scheduler(lm)  # not started
+    events = queue.Queue()
+    old = scheduler.submit(GenerationRequest(TextInput("a"), max_tokens=5, client="c"), events.put)
+    scheduler.submit(GenerationRequest(TextInput("b"), max_tokens=5, client="c"), events.put)
+    assert old.cancelled
+    scheduler.start()
+    try:
+        finals = [events.get(timeout=30) for _ in range(2)]
+        finals = [e for e in finals if not isinstance(e, Piece)]
+        while len(finals) < 2:
+            event = events.get(timeout=30)
+            if not isinstance(event, Piece):
+                finals.append(event)
+        reasons = sorted(e.result.finish_reason for e in finals)
+        assert reasons[0] == "cancelled"
+        cancelled = next(e for e in finals if e.result.finish_reason == "cancelled")
+        assert cancelled.result.completion_tokens == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_receiver_that_raises_does_not_stop_the_scheduler(lm):
+    scheduler = scheduler_for(lm)
+    try:
+
+        def broken(event):
+            raise RuntimeError("receiver gone")
+
+        scheduler.submit(GenerationRequest(TextInput("x"), max_tokens=50), broken)
+        _, done = collect(scheduler, GenerationRequest(TextInput("y"), max_tokens=3))
+        assert isinstance(done, Done) and done.result.completion_tokens >= 1
+    finally:
+        scheduler.close()
+
+
+def test_close_fails_waiting_jobs(lm):
+    scheduler = make_scheduler(lm)
+    events = queue.Queue()
+    scheduler.submit(GenerationRequest(TextInput("x"), max_tokens=3), events.put)
+    scheduler.start()
+    scheduler.close()
+    while True:
+        event = events.get(timeout=10)
+        if not isinstance(event, Piece):
+            break
+    assert isinstance(event, (Done, Failed))
+
+
+def test_indent_limit_ends_before_a_dedented_line():
+    limits = EditorLimits(min_indent=4)
+    pieces = ["    x = 1\n", "  ", "  y = 2\n\n", "    z\n", "w = 3\n", "more"]
+    text = "".join(limits.feed(p) for p in pieces)
+    assert text == "    x = 1\n    y = 2\n\n    z" and limits.hit
+    assert limits.feed("later") == ""
+
+
+def test_indent_limit_holds_only_undecided_indentation():
+    limits = EditorLimits(min_indent=2)
+    assert limits.feed("a\n ") == "a"
+    assert limits.feed(" b") == "\n  b"
+    assert limits.flush() == "" and not limits.hit
+    limits = EditorLimits(min_indent=2)
+    limits.feed("a\n  ")
+    assert limits.flush() == "\n  "  # the stream ended while the indentation was undecided
+
+
+def test_newline_deadline():
+    limits = EditorLimits(deadline_ms=1e-6)
+    assert limits.feed("first") == "first" and not limits.hit  # no newline yet
+    limits.feed("second\n")
+    assert limits.hit
