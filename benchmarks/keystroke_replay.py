@@ -3,21 +3,29 @@
     bash benchmarks/build_llama_server.sh       # the peer, built once into a cache directory
     codegemma convert HF_DIR model-q8_0.gguf --to gguf --type q8_0
     python benchmarks/keystroke_replay.py --model INT8_DIR --gguf model-q8_0.gguf \
-        --llama-server PATH [--source FILE] [--line N] [--threads 2]
+        --llama-server PATH [--source FILE] [--line N] [--threads 2] [--budget-s 1080]
 
 One `/infill` request every 4 keystrokes (prefix up to 3000 characters, suffix up to 1000,
 16 new tokens, greedy, streamed), sent one after another as an editor does, for two client
 styles: one that slides its prefix window (the last 3000 characters before the cursor, as
 editor plugins do) and one that keeps the window's start fixed. Each server runs alone on the
-machine, restarted for each style so no style inherits the other's cache. Reports time to
-first streamed token and total latency (median and p90 over the requests after the first),
-and prompt tokens recomputed per request; prints a table and appends it to BENCHMARKS.md.
+machine, restarted for each style so no style inherits the other's cache, and binds loopback
+only. Reports time to first streamed token and total latency (median and p90 over the
+requests after the first), and prompt tokens recomputed per request; prints a table with
+ratios to this server and appends it to BENCHMARKS.md.
+
+Bounded: at most one request per 4 characters of the line (or `--max-requests`) per run, and
+`--budget-s` seconds in all: each run (server start included) gets a share of what is left
+when it starts (a peer three times ours), checked before each request, so a run that ends
+early leaves its time to the later ones; a request still in flight then finishes (it is
+bounded by `--timeout`). Our server replays the keystrokes the peer got through.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -28,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,6 +44,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STYLES = ("sliding", "fixed")
+OURS = "codegemma"
 
 
 def pick_line(lines: list[str], start: int, min_length: int = 40) -> int:
@@ -81,11 +91,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, log: Path, timeout: float = 600):
+def server(command: list[str], port: int, log: Path, env=None, timeout: float = 600):
     """Run a server process until the block ends; waits for its /health."""
     print("$", shlex.join(command), file=sys.stderr)
     with log.open("ab") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,7 +104,7 @@ def server(command: list[str], port: int, log: Path, timeout: float = 600):
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
-            time.sleep(1)
+            time.sleep(0.5)
         else:
             raise SystemExit(f"server not healthy after {timeout} s; see {log}")
         yield f"http://127.0.0.1:{port}"
@@ -108,7 +118,7 @@ def server(command: list[str], port: int, log: Path, timeout: float = 600):
 
 
 def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -> dict:
-    """One streamed /infill request: seconds to the first token and in total, tokens counts."""
+    """One streamed /infill request: seconds to the first text and in total, token counts."""
     body = {
         "input_prefix": prefix,
         "input_suffix": suffix,
@@ -120,7 +130,7 @@ def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -
         "stream": True,
     }
     started = time.perf_counter()
-    first, final = None, None
+    first, final = None, {}
     with httpx.stream("POST", f"{url}/infill", json=body, timeout=timeout) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -132,13 +142,15 @@ def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -
             if event.get("stop"):
                 final = event
     total = time.perf_counter() - started
-    timings = (final or {}).get("timings", {})
+    timings = final.get("timings", {})
     return {
         "ttft_s": first if first is not None else total,
         "total_s": total,
+        "prompt": final.get("tokens_evaluated"),
         "recomputed": timings.get("prompt_n"),
-        "cached": timings.get("cache_n", final.get("tokens_cached") if final else None),
+        "cached": timings.get("cache_n", final.get("tokens_cached")),
         "predicted": timings.get("predicted_n"),
+        "truncated": final.get("truncated"),
     }
 
 
@@ -151,34 +163,167 @@ def summarize(records: list[dict]) -> dict:
         p90 = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
         return statistics.median(values), p90
 
-    recomputed = [r["recomputed"] for r in warm if r["recomputed"] is not None]
+    def median(key: str) -> float | None:
+        values = [r[key] for r in warm if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
     return {
         "requests": len(records),
         "first_ttft_s": records[0]["ttft_s"],
         "ttft_s": stats("ttft_s"),
         "total_s": stats("total_s"),
-        "recomputed": statistics.median(recomputed) if recomputed else None,
+        "recomputed": median("recomputed"),
+        "prompt": median("prompt"),
     }
 
 
-def engines(args) -> dict[str, callable]:
-    """Name -> function(port) giving the command line of that server."""
-    launcher = "from codegemma.cli import main; raise SystemExit(main())"
-    ours = [sys.executable, "-c", launcher, "serve", "--model", str(args.model)]
-    ours += ["--threads", str(args.threads), "--log-level", "warning"]
-    out = {"codegemma": lambda port: [*ours, "--port", str(port)]}
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """A server to replay against: its command line for a port, and whether it is a peer."""
+
+    command: Callable[[int], list[str]]
+    peer: bool
+    env: dict[str, str] | None = None
+
+
+def engines(args) -> dict[str, Engine]:
+    """Name -> server, peers first (loopback only)."""
+    out = {}
     if args.llama_server:
         peer = [str(args.llama_server), "-m", str(args.gguf), "-t", str(args.threads)]
-        peer += ["-c", str(args.context), "--host", "127.0.0.1"]
-        out["llama-server"] = lambda port: [*peer, "--port", str(port)]
+        peer += ["-tb", str(args.threads), "-c", str(args.context), "--host", "127.0.0.1"]
+        peer += shlex.split(args.peer_args)
+        out["llama-server"] = Engine(lambda port: [*peer, "--port", str(port)], peer=True)
         if args.peer_spm:
-            out["llama-server --spm-infill"] = lambda port: [
-                *peer,
-                "--spm-infill",
-                "--port",
-                str(port),
-            ]
+            spm = [*peer, "--spm-infill"]
+            out["llama-server --spm-infill"] = Engine(
+                lambda port: [*spm, "--port", str(port)], peer=True
+            )
+    launcher = "from codegemma.cli import main; raise SystemExit(main())"
+    ours = [sys.executable, "-c", launcher, "serve", "--model", str(args.model)]
+    ours += ["--threads", str(args.threads), "--host", "127.0.0.1", "--log-level", "warning"]
+    out[OURS] = Engine(lambda port: [*ours, "--port", str(port)], peer=False)
+    for variant in args.variant:
+        label, _, tree = variant.partition("=")
+        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve() / "src")}
+        out[f"{OURS} ({label})"] = Engine(out[OURS].command, peer=False, env=env)
     return out
+
+
+def replay(url: str, requests: list[tuple[str, str]], args, deadline: float, label: str):
+    """The records of one client style against one server, until done or past `deadline`."""
+    records = []
+    for prefix, suffix in requests:
+        if records and time.monotonic() > deadline:
+            print(f"{label}: time share used up after {len(records)} requests", file=sys.stderr)
+            break
+        try:
+            records.append(infill(url, prefix, suffix, args.n_predict, args.timeout))
+        except httpx.HTTPError as exc:
+            print(f"{label}: request failed ({exc!r}); run ends", file=sys.stderr)
+            break
+        print(label, json.dumps(records[-1]), file=sys.stderr, flush=True)
+    return records
+
+
+def replay_all(args, source: str, line: int) -> dict[str, dict[str, dict]]:
+    """Every client style against every server, one server process at a time.
+
+    Peers run first and get three times the time share of our server; ours then replays the
+    keystrokes the peer got through (within the total budget), so both medians cover the same
+    requests.
+    """
+    servers = engines(args)
+    runs = [(style, name) for style in STYLES for name in servers]
+    weights = [3 if servers[name].peer else 1 for _, name in runs]
+    end = time.monotonic() + args.budget_s
+    results: dict[str, dict[str, dict]] = {}
+    for index, (style, name) in enumerate(runs):
+        left = end - time.monotonic()
+        if left <= 0:
+            print(f"{name} {style}: skipped, the time budget is spent", file=sys.stderr)
+            continue
+        deadline = time.monotonic() + left * weights[index] / sum(weights[index:])
+        requests = typing_requests(source, line, style)
+        if args.max_requests:
+            requests = requests[: args.max_requests]
+        done = [len(r["records"]) for n, r in results.get(style, {}).items() if servers[n].peer]
+        if not servers[name].peer and done:
+            # The same keystrokes as the peer (a few seconds each once the cache is warm);
+            # only the total budget may cut them short.
+            requests, deadline = requests[: min(done)], end
+        port = free_port()
+        log = args.work / f"{name.split()[0]}.log"
+        engine = servers[name]
+        with server(engine.command(port), port, log, env=engine.env) as url:
+            records = replay(url, requests, args, deadline, f"{name} {style}")
+        if records:
+            results.setdefault(style, {})[name] = {
+                "summary": summarize(records),
+                "records": records,
+            }
+        (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def machine() -> str:
+    """CPU model and core count, from /proc/cpuinfo where there is one."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc/cpuinfo").read_text().splitlines():
+            if entry.startswith("model name"):
+                cpu = entry.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def render(args, source: str, line: int, results: dict) -> str:
+    """A markdown section: one row per server and client style, with ratios to ours."""
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = source.splitlines()
+    shown = [a for a in sys.argv[1:] if a != "--no-append"]
+    if "--from-results" in shown:  # name the measuring run, not the re-rendering
+        at = shown.index("--from-results")
+        del shown[at : at + 2]
+    command = "python benchmarks/keystroke_replay.py " + shlex.join(shown)
+    out = [
+        f"## {when} — keystroke replay against llama-server ({machine()}, "
+        f"{args.threads} threads each)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Re-typing line {line + 1} of {args.source.name} ({len(lines)} lines; the line has "
+        f"{len(lines[line])} characters): one streamed `/infill` every 4 keystrokes, prefix up "
+        f"to 3000 chars, suffix up to 1000, {args.n_predict} tokens, greedy, one server at a "
+        "time. Figures are over the requests after the first; 'first' is the cold first "
+        "request. 'x ours' is the peer's median divided by ours (higher: ours is faster).",
+        "",
+        "| client | server | requests | first TTFT s | TTFT median s | TTFT p90 s | "
+        "total median s | total p90 s | prompt tokens | recomputed tokens | "
+        "TTFT x ours | total x ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for style, by_engine in results.items():
+        ours = by_engine.get(OURS, {}).get("summary")
+        for name, entry in by_engine.items():
+            s = entry["summary"]
+            ttft = _ratio(s["ttft_s"][0], ours["ttft_s"][0]) if ours else "-"
+            total = _ratio(s["total_s"][0], ours["total_s"][0]) if ours else "-"
+            out.append(
+                f"| {style} | {name} | {s['requests']} | {s['first_ttft_s']:.2f} | "
+                f"{s['ttft_s'][0]:.3f} | {s['ttft_s'][1]:.3f} | {s['total_s'][0]:.3f} | "
+                f"{s['total_s'][1]:.3f} | {_count(s['prompt'])} | {_count(s['recomputed'])} | "
+                f"{ttft} | {total} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def _ratio(theirs: float, ours: float) -> str:
+    return f"{theirs / ours:.1f}x" if ours else "-"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def main() -> int:
@@ -189,6 +334,7 @@ def main() -> int:
     parser.add_argument(
         "--peer-spm", action="store_true", help="also run llama-server --spm-infill"
     )
+    parser.add_argument("--peer-args", default="", help="extra llama-server arguments, one string")
     parser.add_argument("--source", type=Path, default=Path(shlex.__file__), help="file to re-type")
     parser.add_argument(
         "--line", type=int, default=200, help="re-type the first long line from here"
@@ -196,15 +342,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--n-predict", type=int, default=16)
+    parser.add_argument("--max-requests", type=int, default=0, help="per run (0: whole line)")
+    parser.add_argument("--budget-s", type=float, default=1080, help="seconds for all runs")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
     parser.add_argument(
-        "--max-requests", type=int, default=0, help="cut each replay (0: whole line)"
+        "--variant",
+        action="append",
+        default=[],
+        help="LABEL=TREE: also run our server from another checkout's src/ (an A/B run)",
     )
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per request")
     parser.add_argument("--work", type=Path, default=Path("/tmp/keystroke-replay"))
     parser.add_argument("--no-append", action="store_true", help="do not add to BENCHMARKS.md")
-    parser.add_argument(
-        "--from-results", type=Path, help="only render (and append) a saved results.json"
-    )
+    parser.add_argument("--from-results", type=Path, help="only render (and append) a results.json")
     args = parser.parse_args()
     if args.llama_server and not args.gguf:
         parser.error("--llama-server needs --gguf")
@@ -215,78 +364,12 @@ def main() -> int:
         results = json.loads(args.from_results.read_text())
     else:
         results = replay_all(args, source, line)
-        (args.work / "results.json").write_text(json.dumps(results, indent=1))
     report = render(args, source, line, results)
     print(report)
     if not args.no_append:
         with (REPO / "BENCHMARKS.md").open("a") as out:
             out.write("\n" + report)
     return 0
-
-
-def replay_all(args, source: str, line: int) -> dict[str, dict[str, dict]]:
-    """Every client style against every server, one server process at a time."""
-    results: dict[str, dict[str, dict]] = {}
-    for style in STYLES:
-        requests = typing_requests(source, line, style)
-        if args.max_requests:
-            requests = requests[: args.max_requests]
-        for name, command in engines(args).items():
-            port = free_port()
-            log = args.work / f"{name.split()[0]}.log"
-            with server(command(port), port, log) as url:
-                records = []
-                for prefix, suffix in requests:
-                    records.append(infill(url, prefix, suffix, args.n_predict, args.timeout))
-                    print(name, style, json.dumps(records[-1]), file=sys.stderr, flush=True)
-            results.setdefault(style, {})[name] = {
-                "summary": summarize(records),
-                "records": records,
-            }
-    report = render(args, source, line, results)
-    print(report)
-    (args.work / "results.json").write_text(json.dumps(results, indent=1))
-    if not args.no_append:
-        with (REPO / "BENCHMARKS.md").open("a") as out:
-            out.write("\n" + report)
-    return 0
-
-
-def render(args, source: str, line: int, results: dict) -> str:
-    """A markdown section: one row per server and client style, with ratios to ours."""
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    lines = source.splitlines()
-    shown = [a for a in sys.argv[1:] if a != "--no-append"]
-    if "--from-results" in shown:  # name the measuring run, not the re-rendering
-        at = shown.index("--from-results")
-        del shown[at : at + 2]
-    command = "python benchmarks/keystroke_replay.py " + shlex.join(shown)
-    out = [
-        f"## {when} — keystroke replay against llama-server ({platform.machine()}, "
-        f"{os.cpu_count()} cores, {args.threads} threads)",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Re-typing line {line + 1} of {args.source.name} ({len(lines)} lines, "
-        f"{len(lines[line])} characters): one streamed `/infill` every 4 keystrokes, prefix up "
-        f"to 3000 chars, suffix up to 1000, {args.n_predict} tokens, greedy. Figures are over "
-        "the requests after the first; 'first' is the cold first request.",
-        "",
-        "| client | server | requests | first TTFT s | TTFT median s | TTFT p90 s | "
-        "total median s | total p90 s | tokens recomputed (median) | TTFT vs ours |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for style, by_engine in results.items():
-        ours = by_engine["codegemma"]["summary"]["ttft_s"][0]
-        for name, entry in by_engine.items():
-            s = entry["summary"]
-            ratio = s["ttft_s"][0] / ours if ours else float("nan")
-            out.append(
-                f"| {style} | {name} | {s['requests']} | {s['first_ttft_s']:.2f} | "
-                f"{s['ttft_s'][0]:.2f} | {s['ttft_s'][1]:.2f} | {s['total_s'][0]:.2f} | "
-                f"{s['total_s'][1]:.2f} | {s['recomputed']} | {ratio:.1f}x |"
-            )
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def measure(engine: str, path: Path, args, transformers_prompts: list[int]) -> d
         ",".join(map(str, prompts)),
         "--decode",
         str(args.decode if engine != "transformers" else args.transformers_decode),
+        "--repeat",
+        str(args.repeat),
     ]
     if engine != "llama.cpp":  # llama-cpp-python's high-level API decodes one sequence
         cmd += ["--batches", ",".join(map(str, args.batches))]
@@ -94,6 +96,7 @@ def measure(engine: str, path: Path, args, transformers_prompts: list[int]) -> d
 
 COLUMNS = [
     ("load_s", "load s", ".1f"),
+    ("load_to_first_token_s", "load+1st tok s", ".1f"),
     ("prefill128_tok_s", "pp128 t/s", ".1f"),
     ("prefill512_tok_s", "pp512 t/s", ".1f"),
     ("ttft128_s", "TTFT128 s", ".2f"),
@@ -105,10 +108,12 @@ COLUMNS = [
 
 
 def table(results: dict[str, dict]) -> str:
-    head = "| engine | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    head = "| engine | " + " | ".join(c[1] for c in COLUMNS) + " | load before / after |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, r in results.items():
         cells = [format(r[k], f) if isinstance(r.get(k), float) else "n/a" for k, _, f in COLUMNS]
+        load = r.get("load_avg")
+        cells.append(f"{load[0]:.1f} / {load[1]:.1f}" if load else "n/a")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -181,6 +186,7 @@ def main() -> None:
         help="transformers is slow here: prompt lengths it is timed on",
     )
     parser.add_argument("--transformers-decode", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=2, help="prefill runs; the fastest counts")
     parser.add_argument("--skip", action="append", default=[], help="engine to leave out")
     parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()

@@ -103,6 +103,18 @@ def _deep_indentation() -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second intra-op thread, and on a busy machine waiting
+    for it makes the suite several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_corpus() -> tuple[str, ...]:
     """The texts the tiny tokenizer is trained on (several copies, so merges repeat)."""

@@ -18,10 +18,11 @@ from codegemma.serving.prompts import PromptBuilder
 from codegemma.serving.scheduler import Scheduler
 
 
-def lively_engine(tokenizer, seed: int = 0) -> CodeGemma:
+def lively_engine(tokenizer, seed: int = 0, **config) -> CodeGemma:
     """A tiny random float32 model with its projections scaled up, so that it says varied
-    things (plain random weights repeat one token), on the plain PyTorch path."""
-    model = random_model(tiny_config(tokenizer.vocab_size), seed=seed)
+    things (plain random weights repeat one token), on the plain PyTorch path. `config`
+    overrides fields of the tiny config (e.g. a longer context)."""
+    model = random_model(tiny_config(tokenizer.vocab_size, **config), seed=seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("proj.weight"):
@@ -55,13 +56,16 @@ def running_server(lm, *, api_key=None, max_body_bytes=1 << 20, fim_mode="spm", 
 
 
 class SlowModel(ScriptedModel):
-    """A scripted model whose every forward pass takes `delay` seconds; counts its passes."""
+    """A scripted model whose every forward pass takes `delay` seconds; counts its passes and
+    keeps the token ids each one was given."""
 
     def __init__(self, config, script, delay: float) -> None:
         super().__init__(config, script)
         self.delay = delay
+        self.inputs: list[list[int]] = []
 
     def forward(self, input_ids, **kwargs):
+        self.inputs.append(input_ids.flatten().tolist())
         time.sleep(self.delay)
         return super().forward(input_ids, **kwargs)
 

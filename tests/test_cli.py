@@ -98,6 +98,16 @@ def test_errors_are_one_line_messages(capsys, mqa_checkpoint, tmp_path, monkeypa
     assert "Traceback" not in err
 
 
+def test_no_model_means_the_shipped_default_model(capsys, monkeypatch):
+    from codegemma.default_model import default_model_dir
+
+    monkeypatch.delenv("CODEGEMMA_MODEL", raising=False)
+    code, out, _ = run_cli(capsys, "generate", "import ", "--max-new-tokens", "4", "--json")
+    assert code == 0
+    expected = codegemma.load(default_model_dir()).generate("import ", max_new_tokens=4)
+    assert json.loads(out)["text"] == expected.text
+
+
 def test_console_script_chat_reads_piped_stdin(mqa_checkpoint):
     exe = shutil.which("codegemma") or os.path.join(os.path.dirname(sys.executable), "codegemma")
     proc = subprocess.run(

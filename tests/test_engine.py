@@ -68,6 +68,26 @@ def test_batch_equals_one_by_one(tiny_lm):
     assert [c.text for c in together] == [c.text for c in alone]
 
 
+def test_long_prompts_are_prefilled_in_chunks_with_the_same_result(tiny_lm, monkeypatch):
+    import codegemma.generation as generation
+
+    calls = []
+    forward = type(tiny_lm.model).forward
+
+    def counting(self, input_ids, **kw):
+        calls.append(input_ids.shape[1])
+        return forward(self, input_ids, **kw)
+
+    prompts = ["def f(x):\n    return x * 2\n" * 3, "x = [1, 2, 3]"]  # padded batch
+    whole = tiny_lm.generate(prompts, max_new_tokens=8)
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 7)
+    monkeypatch.setattr(type(tiny_lm.model), "forward", counting)
+    chunked = tiny_lm.generate(prompts, max_new_tokens=8)
+    assert calls[:2] == [7, 7]  # the prompt went through in chunks of 7
+    assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]
+    assert chunked[0].usage.prompt_tokens == whole[0].usage.prompt_tokens
+
+
 def test_stream_pieces_join_to_the_result(tiny_lm):
     stream = tiny_lm.stream_complete("def main():\n    ", "\n    return 0\n", max_new_tokens=20)
     pieces = list(stream)

@@ -26,16 +26,6 @@ TEXTS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second intra-op thread, and on a busy machine waiting
-    for it makes these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("hf"), tiny_tokenizer_dir, 512, **GGUF_DIMS)

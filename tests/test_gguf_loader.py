@@ -38,16 +38,6 @@ _K_SCALE_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 PROMPT = "def add(a, b):\n    return a + b  # 123"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second intra-op thread, and on a busy machine waiting
-    for it makes these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("hf"), tiny_tokenizer_dir, 512, **GGUF_DIMS)

@@ -2,6 +2,8 @@
 Ollama NDJSON streams. Answers are checked against the engine run directly."""
 
 import json
+import threading
+import time
 
 import httpx
 import openai
@@ -216,3 +218,101 @@ def test_serve_command_binds_loopback_by_default(monkeypatch):
         True,
     )
     assert callable(args.run)
+
+
+def test_fim_order_per_request(server, lm):
+    url, _ = server
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 24, "temperature": 0}
+    psm = expected_fim(lm, mode="psm")
+    assert psm != expected_fim(lm, mode="spm")  # the order shows in the answer
+    answer = httpx.post(f"{url}/infill", json={**body, "fim_mode": "psm"}, timeout=30).json()
+    assert answer["content"] == psm
+    openai_body = {"model": "tiny", "prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 24}
+    answer = httpx.post(
+        f"{url}/v1/completions", json={**openai_body, "temperature": 0}, timeout=30
+    ).json()
+    assert answer["choices"][0]["text"] == expected_fim(lm, mode="spm")  # the server's default
+
+
+def test_fim_order_per_server(lm):
+    with running_server(lm, fim_mode="psm") as (url, _):
+        body = {"model": "tiny", "prompt": PREFIX, "suffix": SUFFIX, "stream": False}
+        body["options"] = {"temperature": 0, "num_predict": 24}
+        answer = httpx.post(f"{url}/api/generate", json=body, timeout=30).json()
+        assert answer["response"] == expected_fim(lm, mode="psm")
+        spm = {**body, "fim_mode": "spm"}
+        answer = httpx.post(f"{url}/api/generate", json=spm, timeout=30).json()
+        assert answer["response"] == expected_fim(lm, mode="spm")
+
+
+def test_sliding_window_client_reuses_the_cache_through_a_stable_start(tiny_tokenizer):
+    """An editor that sends the last 1500 characters before the cursor moves the start of its
+    prefix on every keystroke; the server starts the prompt at a stable line instead, reports
+    `truncated`, and recomputes only the typed tokens. Without the stable start, everything
+    after the (constant) suffix is recomputed."""
+    source = "".join(f"    value_{i} = compute(items[{i}], {i * 7 % 13})\n" for i in range(900))
+    suffix = "\n        return result\n"
+    lm = lively_engine(tiny_tokenizer, max_position_embeddings=2048)
+
+    def replay(start: int, stable: bool) -> list[dict]:
+        answers = []
+        for cursor in range(start, start + 24, 4):
+            body = {
+                "input_prefix": source[cursor - 1500 : cursor],
+                "input_suffix": suffix,
+                "n_predict": 2,
+                "temperature": 0,
+                "stable_prefix": stable,
+            }
+            answers.append(httpx.post(f"{url}/infill", json=body, timeout=30).json())
+        return answers
+
+    with running_server(lm) as (url, _):
+        moving = replay(20_000, stable=False)
+        stable = replay(30_000, stable=True)
+    suffix_tokens = len(tiny_tokenizer.encode(suffix, add_bos=False))
+    assert all(a["truncated"] is False for a in moving)
+    assert all(a["tokens_cached"] <= suffix_tokens + 4 for a in moving[1:])
+    assert all(a["truncated"] is True for a in stable)
+    assert all(a["tokens_cached"] >= a["tokens_evaluated"] - 8 for a in stable[1:])
+    assert stable[-1]["tokens_evaluated"] > 300  # a prompt worth reusing
+
+
+def test_llamacpp_response_fields_flatten_the_answer(server):
+    """llama.vim asks for a few fields by path and reads them as flat keys."""
+    url, _ = server
+    fields = ["content", "timings/prompt_n", "tokens_cached", "truncated", "timings/nope", "x/y"]
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 4, "temperature": 0}
+    answer = httpx.post(f"{url}/infill", json={**body, "response_fields": fields}, timeout=30)
+    full = httpx.post(f"{url}/infill", json=body, timeout=30).json()
+    assert answer.json() == {
+        "content": full["content"],
+        "timings/prompt_n": 1,  # the second identical request recomputes only its last token
+        "tokens_cached": full["tokens_cached"],
+        "truncated": False,
+    }
+    bad = httpx.post(f"{url}/infill", json={**body, "response_fields": [1]}, timeout=30)
+    assert bad.status_code == 400 and "response_fields" in bad.json()["error"]["message"]
+
+
+def test_slow_prompt_building_does_not_block_the_event_loop(lm, monkeypatch):
+    """A huge body takes seconds to tokenize; meanwhile other clients are still answered."""
+    with running_server(lm) as (url, scheduler):
+        build = scheduler.prompts.build
+
+        def slow_build(request):
+            if "slow" in request.input.text:
+                time.sleep(1.0)
+            return build(request)
+
+        monkeypatch.setattr(scheduler.prompts, "build", slow_build)
+        body = {"prompt": "slow", "n_predict": 1}
+        slow = threading.Thread(
+            target=httpx.post, args=(f"{url}/completion",), kwargs={"json": body}
+        )
+        slow.start()
+        time.sleep(0.2)
+        started = time.perf_counter()
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert time.perf_counter() - started < 0.5
+        slow.join(10)

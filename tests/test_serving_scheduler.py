@@ -2,10 +2,13 @@
 
 import queue
 import threading
+import time
 
 import pytest
-from serving_helpers import lively_engine
+from serving_helpers import SlowModel, lively_engine
+from tiny_models import tiny_config
 
+from codegemma.engine import CodeGemma
 from codegemma.sampling import SamplingParams
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.prompts import PromptBuilder
@@ -189,3 +192,34 @@ def test_newline_deadline():
     assert limits.feed("first") == "first" and not limits.hit  # no newline yet
     limits.feed("second\n")
     assert limits.hit
+
+
+def test_a_running_job_superseded_by_its_client_stops_within_one_step(tiny_tokenizer):
+    script = tiny_tokenizer.encode("abc", add_bos=False)  # never stops on its own
+    model = SlowModel(tiny_config(tiny_tokenizer.vocab_size), script, delay=0.02)
+    scheduler = scheduler_for(CodeGemma(model, tiny_tokenizer, name="tiny"))
+    try:
+        old_events, new_events = queue.Queue(), queue.Queue()
+        old = scheduler.submit(
+            GenerationRequest(TextInput("a"), max_tokens=400, client="c"), old_events.put
+        )
+        while old.continuation is None or old.continuation.generated < 5:
+            time.sleep(0.005)
+        generated = old.continuation.generated
+        scheduler.submit(
+            GenerationRequest(TextInput("b"), max_tokens=3, client="c"), new_events.put
+        )
+        old_done = final_event(old_events)
+        # At most the step under way when the newer request came, and one begun meanwhile.
+        assert old_done.result.finish_reason == "cancelled"
+        assert old_done.result.completion_tokens <= generated + 2
+        assert final_event(new_events).result.completion_tokens == 3
+    finally:
+        scheduler.close()
+
+
+def final_event(events):
+    while True:
+        event = events.get(timeout=30)
+        if not isinstance(event, Piece):
+            return event

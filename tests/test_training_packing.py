@@ -217,6 +217,17 @@ def test_fim_rows_reassemble_the_documents(tiny_tokenizer, piece_tokens):
     assert modes == {"psm", "spm"}
 
 
+def test_windows_end_on_line_boundaries(tiny_tokenizer):
+    text = "".join(f"value_{i} = compute({i}, {i + 1})\n" for i in range(60))
+    options = FimOptions(fim_rate=0.0)
+    rows = pack_rows(
+        [Document("", text)], tiny_tokenizer, 96, options=options, piece_tokens=(20, 40)
+    )
+    texts = _row_texts(rows, tiny_tokenizer)  # a row ends where its last window ends
+    assert "".join(texts) == text + FILE_SEPARATOR
+    assert len(texts) > 3 and all(t.endswith(("\n", FILE_SEPARATOR)) for t in texts)
+
+
 def test_rows_are_reproducible_and_split(tiny_tokenizer):
     docs = _docs()
     a = pack_rows(docs, tiny_tokenizer, 64, seed=5)

@@ -37,7 +37,7 @@ def test_twenty_steps_lower_the_loss(rows, tiny_tokenizer, tmp_path):
     config = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=2, log_every=5)
     result = train(model, rows, rows[:4], config, tmp_path, pad_id=pad, log=quiet)
     after = evaluate(model, rows, pad)
-    assert result.finished and result.step == 20
+    assert result.finished and result.step == 20 and result.seconds > 0
     assert result.tokens == 20 * 4 * 63 - _pad_targets(rows, 80, config)
     assert after < before - 1.0, (before, after)
     log = (tmp_path / "train_log.jsonl").read_text().splitlines()

@@ -35,7 +35,8 @@ def load(
 ) -> CodeGemma:
     """Load a CodeGemma checkpoint: a model directory, a GGUF file or a Hugging Face id.
 
-    `model` None: the small default model shipped inside the package. `adapter`: a LoRA adapter
+    `model` None: the small default model shipped inside the package (float32 unless `dtype`
+    says otherwise). `adapter`: a LoRA adapter
     directory in PEFT's layout, merged into the weights unless `merge_adapter` is False.
 
     `dtype`: bfloat16 (default) or float32 for unquantized weights. `quantize`: "int8" or
@@ -43,12 +44,15 @@ def load(
     without that cost). `kernels`: "auto" (native C kernels where the CPU supports them),
     "native" or "torch" (plain PyTorch, the reference path). `threads`: default all cores.
     """
-    resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
     if model is None:
         from codegemma.default_model import default_model_dir
 
         model = default_model_dir()
+        # The default model is tiny and was trained and scored in float32: it keeps that
+        # precision unless asked otherwise (bfloat16 would cost it accuracy and gain no speed).
+        dtype = dtype or "float32"
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
     net, tokenizer, path, notes = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
     if adapter is not None:
         from codegemma.training.lora import apply_adapter

@@ -55,6 +55,9 @@ class StopConditions:
     stop_strings: tuple[str, ...] = ()
 
 
+PREFILL_CHUNK = 256  # prompt tokens evaluated per forward pass
+
+
 def decode_tokens(
     model: GemmaForCausalLM,
     prompts: Sequence[Sequence[int]],
@@ -87,6 +90,11 @@ def decode_tokens(
     )
     generators = make_generators(params, len(prompts))
     rows = list(range(len(prompts)))  # original index of each batch row
+    # A long prompt is evaluated in chunks: activation memory stays bounded (an 8K-token
+    # prompt at once needs several GB of MLP intermediates) and GEMMs stay large.
+    while tokens.shape[1] > PREFILL_CHUNK:
+        model(tokens[:, :PREFILL_CHUNK], cache=cache, pad=pad, logits_positions=slice(0, 0))
+        tokens = tokens[:, PREFILL_CHUNK:]
     while rows:
         logits = model(tokens, cache=cache, pad=pad)[:, -1].float()  # (B, V)
         logits[:, vocab_limit:] = float("-inf")  # padded embedding rows are not real tokens

@@ -14,6 +14,7 @@ from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.checkpoint import group_blocks, quantization_mode
+from codegemma.sources.detect import detect_source, load_source
 from codegemma.tokenizer import Tokenizer
 
 EMBEDDING = "model.embed_tokens.weight"
@@ -24,7 +25,8 @@ def load_model_and_tokenizer(
 ) -> tuple[GemmaForCausalLM, Tokenizer, Path, list[str]]:
     """Model (eval mode, weights assigned), tokenizer, resolved path and notes on conversions.
 
-    Reads a Hugging Face directory (plain or written by `codegemma quantize`) or a GGUF file.
+    Reads a Hugging Face directory (plain or written by `codegemma quantize`), a GGUF file, or
+    a keras-hub preset, Flax checkpoint or Jlama directory (recognised by their contents).
     """
     path = resolve_model_dir(reference)
     notes: list[str] = []
@@ -37,6 +39,10 @@ def load_model_and_tokenizer(
         from codegemma.gguf.loader import load_gguf
 
         config, state, tokenizer, notes = load_gguf(path)
+    elif (source := detect_source(path)) is not None:
+        checkpoint = load_source(path, source)
+        config, state, notes = checkpoint.config, checkpoint.state, checkpoint.notes
+        tokenizer = Tokenizer.from_file(checkpoint.tokenizer_file)
     else:
         config = GemmaConfig.from_json_file(path / "config.json")
         quantized = quantization_mode(path / "config.json")

@@ -248,5 +248,7 @@ class GemmaForCausalLM(nn.Module):
             cache.length = start + input_ids.shape[1]
         if logits_positions is None:
             logits_positions = slice(-1, None)
-        x = self.model.norm(x[:, logits_positions])  # (B, P, D)
-        return embed.project(x)  # (B, P, V)
+        x = x[:, logits_positions]  # (B, P, D)
+        if x.shape[1] == 0:  # a prompt chunk whose logits nobody reads: skip the head
+            return x.new_zeros(x.shape[0], 0, self.config.vocab_size)
+        return embed.project(self.model.norm(x))  # (B, P, V)

@@ -162,7 +162,13 @@ def _gguf_tensors(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.T
 
 def _tensor_type(gguf_name: str, weight_type: str) -> str:
     # As llama.cpp does: 1-D tensors (the norms) stay F32 whatever the file type.
-    return "F32" if names.is_norm(gguf_name) else weight_type
+    if names.is_norm(gguf_name):
+        return "F32"
+    # The embedding is also the (tied) output head, which llama.cpp's quantizer keeps at more
+    # bits than Q4_0; Q8_0 there is also exactly what the engine's own int4 mode keeps.
+    if gguf_name == "token_embd.weight" and weight_type == "Q4_0":
+        return "Q8_0"
+    return weight_type
 
 
 def _stored_layout(shape: torch.Size, kind: str) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -14,7 +14,7 @@ from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 from codegemma.quant.native import MAX_ROWS, NativeKernels
 
 Weight = torch.Tensor | Int8Blocks | Int4Blocks
-_SCRATCH_FLOATS = 16 * 1024 * 1024  # 64 MB of float32 for one widened slice of a weight
+_SCRATCH_FLOATS = 8 * 1024 * 1024  # 32 MB of float32 for one widened slice of a weight
 
 
 def _row_slice(weight: Weight, start: int, end: int) -> Weight:

@@ -87,19 +87,23 @@ static inline __m256 bf16x8_to_f32(__m128i v) {
 CG_INLINE void row_bf16(const uint16_t *w, const float *x, int64_t k, const int M, float *out) {
     int64_t i = 0;
 #ifdef CG_AVX2
-    __m256 acc[CG_MAX_M];
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    /* Two accumulator sets (even and odd 8-lane halves) when they fit in the 16 registers:
+     * one set would chain every FMA on the previous one's 4-cycle latency. */
+    const int sets = M <= 4 ? 2 : 1;
+    __m256 acc[2][CG_MAX_M];
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
     for (; i + 16 <= k; i += 16) {
         __m256i raw = _mm256_loadu_si256((const __m256i *)(w + i));
         __m256 lo = bf16x8_to_f32(_mm256_castsi256_si128(raw));
         __m256 hi = bf16x8_to_f32(_mm256_extracti128_si256(raw, 1));
         for (int m = 0; m < M; m++) {
             const float *xm = x + m * k + i;
-            acc[m] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xm), acc[m]);
-            acc[m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 8), acc[m]);
+            acc[0][m] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xm), acc[0][m]);
+            acc[sets - 1][m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 8), acc[sets - 1][m]);
         }
     }
-    for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
+    for (int m = 0; m < M; m++)
+        out[m] = hsum(sets == 2 ? _mm256_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
 #else
     for (int m = 0; m < M; m++) out[m] = 0.0f;
 #endif
@@ -131,31 +135,50 @@ CG_INLINE __m256 dot_i8(__m256i w, __m256i xq) {
     __m256i prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
 }
+/* Block b of a weight row as 32 signed bytes, and its scale. */
+CG_INLINE __m256i block_weights(const int kind, block_row r, int64_t b, __m256i low_mask,
+                                __m256i eight, float *dw) {
+    const uint8_t *q = r.values + b * r.value_stride;
+    *dw = load_scale(r.scales + b * r.scale_stride, r.scale_f32);
+    if (kind == 8) return _mm256_loadu_si256((const __m256i *)q);
+    __m128i packed = _mm_loadu_si128((const __m128i *)q);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_sub_epi8(_mm256_and_si256(both, low_mask), eight); /* 0..15 then 16..31 */
+}
 #endif
 
 CG_INLINE void row_blocks(const int kind, block_row r, qx x, int64_t k, const int M, float *out) {
     int64_t nb = k / CG_BLOCK;
 #ifdef CG_AVX2
-    __m256 acc[CG_MAX_M];
+    __m256 acc[CG_MAX_M], acc2[CG_MAX_M];
     const __m256i low_mask = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *q = r.values + b * r.value_stride;
-        float dw = load_scale(r.scales + b * r.scale_stride, r.scale_f32);
-        __m256i w;
-        if (kind == 8) {
-            w = _mm256_loadu_si256((const __m256i *)q);
-        } else {
-            __m128i packed = _mm_loadu_si128((const __m128i *)q);
-            __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-            w = _mm256_sub_epi8(_mm256_and_si256(both, low_mask), eight); /* 0..15 then 16..31 */
+    for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
+    int64_t b = 0;
+    if (M <= 4) { /* two blocks a step into two accumulator sets: shorter FMA chains */
+        for (; b + 2 <= nb; b += 2) {
+            float dw0, dw1;
+            __m256i w0 = block_weights(kind, r, b, low_mask, eight, &dw0);
+            __m256i w1 = block_weights(kind, r, b + 1, low_mask, eight, &dw1);
+            for (int m = 0; m < M; m++) {
+                const int8_t *xm = x.q + m * k + b * CG_BLOCK;
+                __m256 s0 = _mm256_set1_ps(dw0 * x.d[m * nb + b]);
+                __m256 s1 = _mm256_set1_ps(dw1 * x.d[m * nb + b + 1]);
+                acc[m] = _mm256_fmadd_ps(dot_i8(w0, _mm256_loadu_si256((const __m256i *)xm)), s0, acc[m]);
+                acc2[m] = _mm256_fmadd_ps(
+                    dot_i8(w1, _mm256_loadu_si256((const __m256i *)(xm + CG_BLOCK))), s1, acc2[m]);
+            }
         }
+    }
+    for (; b < nb; b++) {
+        float dw;
+        __m256i w = block_weights(kind, r, b, low_mask, eight, &dw);
         for (int m = 0; m < M; m++) {
             __m256i xq = _mm256_loadu_si256((const __m256i *)(x.q + m * k + b * CG_BLOCK));
             __m256 scale = _mm256_set1_ps(dw * x.d[m * nb + b]);
             acc[m] = _mm256_fmadd_ps(dot_i8(w, xq), scale, acc[m]);
         }
     }
+    for (int m = 0; m < M; m++) acc[m] = _mm256_add_ps(acc[m], acc2[m]);
     for (int m = 0; m < M; m++) out[m] = hsum(acc[m]);
 #else
     for (int m = 0; m < M; m++) out[m] = 0.0f;

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -53,9 +54,13 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app serving `scheduler`'s model in the llama.cpp, OpenAI and Ollama formats."""
     app = FastAPI(title="codegemma", docs_url=None, redoc_url=None, openapi_url=None)
+    # Prompts are tokenized and fitted off the event loop (a large body takes seconds, and
+    # every stream would stall meanwhile), by one thread, so requests reach the scheduler in
+    # the order they came: a newer request from a client always supersedes an older one.
+    intake = ThreadPoolExecutor(1, thread_name_prefix="codegemma-intake")
 
     async def generate(request: Request, endpoint: Endpoint) -> Response:
-        return await _generate(request, endpoint, scheduler, max_body_bytes)
+        return await _generate(request, endpoint, scheduler, intake, max_body_bytes)
 
     def route(path: str, make: type[Endpoint]) -> None:
         async def handler(request: Request) -> Response:
@@ -103,7 +108,11 @@ def create_app(
 
 
 async def _generate(
-    request: Request, endpoint: Endpoint, scheduler: Scheduler, max_body_bytes: int
+    request: Request,
+    endpoint: Endpoint,
+    scheduler: Scheduler,
+    intake: ThreadPoolExecutor,
+    max_body_bytes: int,
 ) -> Response:
     try:
         parsed = endpoint.parse(await read_json(request, max_body_bytes))
@@ -114,7 +123,7 @@ async def _generate(
             if parsed.stream or not isinstance(event, Piece):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = scheduler.submit(parsed, deliver)
+        job = await loop.run_in_executor(intake, scheduler.submit, parsed, deliver)
     except RequestError as exc:
         return error_response(endpoint, exc)
     except CodeGemmaError as exc:  # a value the engine refuses, e.g. a sampling setting

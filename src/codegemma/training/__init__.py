@@ -3,5 +3,6 @@
 Modules: `split_points` (natural middles), `fim_transform` (PSM/SPM/plain examples),
 `gitignore` and `repo_packing` (which files, in what order), `dataset` (token rows),
 `trainer` (full training or LoRA, resumable), `lora` (PEFT-layout adapters), `line_infilling`
-and `humaneval_infill` (scores), `default_recipe` (the shipped model), `cli` (commands).
+and `humaneval_infill` (scores), `default_recipe` and `model_card` (the shipped model), `cli`
+(commands).
 """

@@ -2,10 +2,11 @@
 
 A row is `<bos>` followed by pieces of files in order. Each piece is a window of one file that
 fits in the space left in the row, so no example is ever split across rows and padding only
-fills the few tokens a row cannot use. A file's first piece carries its `path\\n` header, as
-`fim_prompt(..., path=...)` writes it at inference time; a piece that ends a file, and every FIM
-piece, is followed by `<|file_separator|>`, so the model learns to end a middle with a token the
-engine stops on.
+fills the few tokens a row cannot use. Windows end at a line end wherever one is in reach, so
+their text starts and stops on line boundaries as an editor's context does. A file's first
+piece carries its `path\\n` header, as `fim_prompt(..., path=...)` writes it at inference time;
+a piece that ends a file, and every FIM piece, is followed by `<|file_separator|>`, so the
+model learns to end a middle with a token the engine stops on.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def _add_document(packer, doc, tokenizer, options, rng, min_piece, piece_tokens)
             packer.close()
             continue
         cap = rng.randint(*piece_tokens) if piece_tokens else room
-        n = _clean_cut(tokenizer, ids, pos, min(len(ids) - pos, room, max(min_piece, cap)))
+        n = min(len(ids) - pos, room, max(min_piece, cap))
+        n = _clean_cut(tokenizer, ids, pos, _line_cut(tokenizer, ids, pos, n, min_piece))
         piece = tokenizer.decode(ids[pos : pos + n])
         local = None
         if candidates is not None and doc.text.startswith(piece, char_pos):
@@ -123,6 +125,17 @@ def _add_document(packer, doc, tokenizer, options, rng, min_piece, piece_tokens)
         if pos == len(ids) or example.mode != "plain":
             tokens.append(separator)
         packer.add(tokens)
+
+
+def _line_cut(tokenizer: Tokenizer, ids: list[int], pos: int, n: int, shortest: int) -> int:
+    """Shorten a window to end at a line end if one lies at least `shortest` tokens in: every
+    window then starts and ends on a line boundary, as the context of an editor's prompt does."""
+    if pos + n >= len(ids):
+        return n
+    for end in range(n, shortest - 1, -1):
+        if tokenizer.decode(ids[pos + end - 1 : pos + end]).endswith("\n"):
+            return end
+    return n
 
 
 def _clean_cut(tokenizer: Tokenizer, ids: list[int], pos: int, n: int) -> int:

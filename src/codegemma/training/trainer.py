@@ -44,6 +44,7 @@ class TrainConfig:
     log_every: int = 10  # steps between progress lines
     seed: int = 0  # row order
     max_seconds: float | None = None  # stop this invocation (checkpointed) after so long
+    compile: bool = False  # torch.compile the training loss (fuses the elementwise work)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every"):
@@ -71,6 +72,7 @@ class TrainResult:
     train_loss: float | None  # mean loss of the last logged window
     eval_loss: float | None  # last held-out loss
     finished: bool  # step == config.steps
+    seconds: float = 0.0  # wall time spent in optimizer steps, over all invocations
 
 
 def causal_lm_loss(model: GemmaForCausalLM, rows: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -134,13 +136,19 @@ def train(
     optimizer = _optimizer(params, config)
     state = _resume(run_dir / CHECKPOINT, model, params, optimizer, config, log)
     order = _RowOrder(len(train_rows), config.seed)
+    # Compiled once per invocation (the first step pays for it); evaluation stays eager.
+    loss_fn = torch.compile(causal_lm_loss) if config.compile else causal_lm_loss
     progress = _Progress(run_dir, log)
     model.train()
     while state["step"] < config.steps:
         step = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        loss, tokens = _one_step(model, optimizer, params, train_rows, order, step, config, pad_id)
+        started = time.monotonic()
+        loss, tokens = _one_step(
+            model, optimizer, params, train_rows, order, step, config, pad_id, loss_fn
+        )
+        state["seconds"] = state.get("seconds", 0.0) + time.monotonic() - started
         state["step"] += 1
         state["tokens"] += tokens
         progress.add(loss, tokens)
@@ -168,10 +176,11 @@ def train(
         train_loss=state.get("train_loss"),
         eval_loss=state.get("eval_loss"),
         finished=state["step"] >= config.steps,
+        seconds=state.get("seconds", 0.0),
     )
 
 
-def _one_step(model, optimizer, params, rows, order, step: int, config, pad_id: int):
+def _one_step(model, optimizer, params, rows, order, step: int, config, pad_id: int, loss_fn):
     """One optimizer step over `grad_accum` batches; returns (mean loss, target tokens)."""
     device = next(iter(params.values())).device
     loss_sum, tokens = 0.0, 0
@@ -179,7 +188,7 @@ def _one_step(model, optimizer, params, rows, order, step: int, config, pad_id: 
         first = (step * config.grad_accum + micro) * config.batch_size
         batch = rows[order.indices(first, config.batch_size)].to(device)
         with _autocast(device, config.dtype):
-            loss = causal_lm_loss(model, batch, pad_id)
+            loss = loss_fn(model, batch, pad_id)
         (loss / config.grad_accum).backward()
         loss_sum += loss.item() / config.grad_accum
         tokens += int((batch[:, 1:] != pad_id).sum())

@@ -19,6 +19,7 @@ class Completion(Endpoint):
     """`POST /completion`: a raw prompt (clients such as Continue bring their own templates)."""
 
     slot = -1
+    response_fields: tuple[str, ...] = ()
 
     def parse(self, body: object) -> GenerationRequest:
         fields = Fields(body)
@@ -26,6 +27,7 @@ class Completion(Endpoint):
 
     def _request(self, fields: Fields, source) -> GenerationRequest:
         self.slot = fields.integer("id_slot", -1, low=-1)
+        self.response_fields = _paths(fields.array("response_fields"))
         self.max_tokens = max_tokens_field(
             fields, "n_predict", self.info.context_length, unlimited=(-1,)
         )
@@ -47,12 +49,20 @@ class Completion(Endpoint):
         return sse({"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": self.slot})
 
     def closing(self, result: Result) -> list[str]:
-        return [sse({**self.whole(result), "content": ""})]
+        return [sse(self._final(result, ""))]
 
     def whole(self, result: Result) -> dict:
+        return self._final(result, result.text)
+
+    def _final(self, result: Result, content: str) -> dict:
+        """The last answer, cut down to `response_fields` (llama.vim asks for a few) if any."""
+        answer = self._answer(result, content)
+        return nested_values(self.response_fields, answer) if self.response_fields else answer
+
+    def _answer(self, result: Result, content: str) -> dict:
         return {
             "index": 0,
-            "content": result.text,
+            "content": content,
             "tokens": [],
             "id_slot": self.slot,
             "stop": True,
@@ -96,3 +106,23 @@ class Infill(Completion):
             mode=fields.fim_mode(),
         )
         return self._request(fields, source)
+
+
+def nested_values(paths: tuple[str, ...], data: dict) -> dict:
+    """llama.cpp's `response_fields`: {"timings/prompt_n": value, ...} for each path found."""
+    out = {}
+    for path in paths:
+        value = data
+        for key in path.split("/"):
+            if not isinstance(value, dict) or key not in value:
+                break
+            value = value[key]
+        else:
+            out[path] = value
+    return out
+
+
+def _paths(items: list) -> tuple[str, ...]:
+    if not all(isinstance(item, str) for item in items):
+        raise RequestError("'response_fields' must be a list of strings", param="response_fields")
+    return tuple(items)

@@ -25,6 +25,7 @@ class Completions(Endpoint):
 
     object_name = "text_completion"
     id_prefix = "cmpl-"
+    supersedes = True  # a newer completion from the same `user` cancels the older one
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__(info)
@@ -65,7 +66,7 @@ class Completions(Endpoint):
             sampling=fields.sampling(temperature=1.0),
             stop=fields.stop(),
             stream=fields.boolean("stream", False),
-            client=fields.optional_text("user"),
+            client=fields.optional_text("user") if self.supersedes else None,
             stable_prefix=fields.optional_boolean("stable_prefix"),
         )
 
@@ -119,6 +120,7 @@ class ChatCompletions(Completions):
 
     object_name = "chat.completion"
     id_prefix = "chatcmpl-"
+    supersedes = False  # a user may hold several conversations, and complete code meanwhile
 
     def parse(self, body: object) -> GenerationRequest:
         fields = self._common(body)
