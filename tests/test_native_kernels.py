@@ -92,6 +92,31 @@ def test_dequantize_is_exact(kernels, quantize):
     assert torch.equal(kernels.dequantize(w, out), w.dequantize())
 
 
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
+def test_dequantize_to_bfloat16_rounds_the_exact_values(kernels, quantize):
+    # 2112 columns: rows longer than the kernel's 2048-value staging buffer, with a tail
+    w = quantize(weights(45, 2112, seed=12))
+    out = torch.empty(45, 2112, dtype=torch.bfloat16)
+    assert torch.equal(kernels.dequantize(w, out), w.dequantize().bfloat16())
+
+
+def test_dequantize_refuses_a_wrong_output(kernels):
+    w = quantize_int8(weights(8, 64, seed=0))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.dequantize(w, torch.empty(8, 32))
+    with pytest.raises(ValueError, match="float16"):
+        kernels.dequantize(w, torch.empty(8, 64, dtype=torch.float16))
+
+
+def test_many_small_calls_keep_their_results(kernels):
+    # the pool's spinning hand-off, called back to back: every call must see its own task
+    w = quantize_int8(weights(256, 64, seed=3))
+    xs = torch.randn(200, 1, 64)
+    got = torch.cat([kernels.matvec(x, w) for x in xs])
+    expected = torch.cat([quantized_x(x) @ w.dequantize().T for x in xs])
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_rejects_too_many_rows(kernels):
     with pytest.raises(ValueError, match="rejected"):
         kernels.matvec(torch.randn(9, 64), quantize_int8(weights(8, 64, seed=0)))

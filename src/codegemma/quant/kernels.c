@@ -131,9 +131,16 @@ typedef struct {
 /* Signed 8-bit weights w (32 lanes) times quantized x block, as 8 int32 partial sums. */
 #ifdef CG_AVX2
 CG_INLINE __m256 dot_i8(__m256i w, __m256i xq) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    /* one instruction for the unsigned x signed byte products and their sums by four */
+    __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                                       _mm256_sign_epi8(xq, w));
+    return _mm256_cvtepi32_ps(sums);
+#else
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+#endif
 }
 /* Block b of a weight row as 32 signed bytes, and its scale. */
 CG_INLINE __m256i block_weights(const int kind, block_row r, int64_t b, __m256i low_mask,
@@ -244,13 +251,25 @@ static void dequant_row(int kind, block_row r, int64_t k, float *out) {
 typedef struct cg_pool cg_pool;
 typedef void (*task_fn)(void *args, int64_t begin, int64_t end);
 
+/* Decode calls the pool ~130 times per token, microseconds apart: a worker put to sleep on a
+ * condition variable between calls would cost a wake-up each time, so waiting threads first
+ * spin (some 0.1 ms) on the atomics below, then sleep. `generation` and `pending` are only
+ * written with the lock held or atomically; the lock and conditions serve the sleepers. */
+#define CG_SPINS 4000
+
+static inline void cg_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 struct cg_pool {
     int nthreads;
     pthread_t *threads;
     pthread_mutex_t lock;
     pthread_cond_t start, done;
-    uint64_t generation; /* bumped for every task */
-    int pending;         /* workers still running the current task */
+    uint64_t generation; /* bumped for every task (atomic) */
+    int pending;         /* workers still running the current task (atomic) */
     int stopping;
     task_fn fn;
     void *args;
@@ -273,8 +292,13 @@ static void *worker_main(void *p) {
     cg_pool *pool = wa->pool;
     uint64_t seen = 0;
     for (;;) {
+        for (int i = 0; i < CG_SPINS; i++) {
+            if (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) != seen) break;
+            cg_pause();
+        }
         pthread_mutex_lock(&pool->lock);
-        while (pool->generation == seen && !pool->stopping) pthread_cond_wait(&pool->start, &pool->lock);
+        while (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen && !pool->stopping)
+            pthread_cond_wait(&pool->start, &pool->lock);
         if (pool->stopping) {
             pthread_mutex_unlock(&pool->lock);
             break;
@@ -287,9 +311,11 @@ static void *worker_main(void *p) {
         int64_t begin, end;
         split(rows, pool->nthreads, wa->index, &begin, &end);
         if (begin < end) fn(args, begin, end);
-        pthread_mutex_lock(&pool->lock);
-        if (--pool->pending == 0) pthread_cond_signal(&pool->done);
-        pthread_mutex_unlock(&pool->lock);
+        if (__atomic_sub_fetch(&pool->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool->lock);
+            pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->lock);
+        }
     }
     free(wa);
     return NULL;
@@ -338,15 +364,18 @@ static void pool_run(cg_pool *pool, task_fn fn, void *args, int64_t rows) {
     pool->fn = fn;
     pool->args = args;
     pool->rows = rows;
-    pool->pending = pool->nthreads - 1;
-    pool->generation++;
+    __atomic_store_n(&pool->pending, pool->nthreads - 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool->generation, pool->generation + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool->start);
     pthread_mutex_unlock(&pool->lock);
     int64_t begin, end;
     split(rows, pool->nthreads, 0, &begin, &end);
     if (begin < end) fn(args, begin, end);
+    for (int i = 0; i < CG_SPINS && __atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0; i++)
+        cg_pause();
     pthread_mutex_lock(&pool->lock);
-    while (pool->pending > 0) pthread_cond_wait(&pool->done, &pool->lock);
+    while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0)
+        pthread_cond_wait(&pool->done, &pool->lock);
     pthread_mutex_unlock(&pool->lock);
 }
 
@@ -419,6 +448,42 @@ static void dequant_task(void *p, int64_t begin, int64_t end) {
                        a->value_block, a->scale_block, a->scale_f32};
         dequant_row(a->kind, r, a->K, a->y + o * a->K);
     }
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; inputs are finite */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+static void dequant_bf16_task(void *p, int64_t begin, int64_t end) {
+    matvec_args *a = (matvec_args *)p;
+    uint16_t *out = (uint16_t *)a->y;
+    float block[CG_BLOCK * 64];
+    for (int64_t o = begin; o < end; o++) {
+        for (int64_t start = 0; start < a->K; start += CG_BLOCK * 64) {
+            int64_t width = a->K - start < CG_BLOCK * 64 ? a->K - start : CG_BLOCK * 64;
+            int64_t first = start / CG_BLOCK;
+            block_row r = {a->values + o * a->value_row + first * a->value_block,
+                           a->scales + o * a->scale_row + first * a->scale_block,
+                           a->value_block, a->scale_block, a->scale_f32};
+            dequant_row(a->kind, r, width, block);
+            uint16_t *row = out + o * a->K + start;
+            for (int64_t j = 0; j < width; j++) row[j] = f32_to_bf16(block[j]);
+        }
+    }
+}
+
+/* out (N, K) bfloat16 = the dequantized weight (for bf16 GEMMs on CPUs with bf16 units). */
+int cg_dequantize_bf16(cg_pool *pool, int kind, const void *values, int64_t value_row,
+                       int64_t value_block, const void *scales, int64_t scale_row,
+                       int64_t scale_block, int scale_f32, void *out, int64_t N, int64_t K) {
+    if ((kind != 8 && kind != 4) || K % CG_BLOCK) return -1;
+    matvec_args a = {kind, (const uint8_t *)values, (const uint8_t *)scales, value_row,
+                     value_block, scale_row, scale_block, scale_f32, NULL, {NULL, NULL},
+                     (float *)out, 0, N, K};
+    pool_run(pool, dequant_bf16_task, &a, N);
+    return 0;
 }
 
 /* out (N, K) float32 = the dequantized weight, rows split between threads. */

@@ -100,6 +100,8 @@ class NativeKernels:
         lib.cg_matvec.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, p, i64, i64, i64, p]
         lib.cg_dequantize.restype = i32
         lib.cg_dequantize.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, i64, i64]
+        lib.cg_dequantize_bf16.restype = i32
+        lib.cg_dequantize_bf16.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, i64, i64]
         lib.cg_widen_bf16.restype = i32
         lib.cg_widen_bf16.argtypes = [p, p, i64, p, i64, i64]
         self.vectorized = bool(lib.cg_has_avx2())
@@ -144,14 +146,25 @@ class NativeKernels:
     def dequantize(
         self, weight: torch.Tensor | Int8Blocks | Int4Blocks, out: torch.Tensor
     ) -> torch.Tensor:
-        """Fill `out` (N, K) float32 with the weight's values, using every thread."""
+        """Fill `out` (N, K) with the weight's values, using every thread. `out` is float32,
+        or bfloat16 for quantized weights (rounded to nearest even)."""
+        if not out.is_contiguous() or tuple(out.shape) != tuple(weight.shape):
+            raise ValueError(f"dequantize needs a contiguous {list(weight.shape)} output")
         if isinstance(weight, torch.Tensor):
+            if out.dtype != torch.float32:
+                raise ValueError("a bfloat16 weight widens to float32 only")
             _, values, v_row, *_ = _layout(weight)
             self._lib.cg_widen_bf16(self._pool, values, v_row, out.data_ptr(), *weight.shape)
             return out
         kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = _layout(weight)
         N, K = weight.shape
-        status = self._lib.cg_dequantize(
+        if out.dtype == torch.bfloat16:
+            dequantize = self._lib.cg_dequantize_bf16
+        elif out.dtype == torch.float32:
+            dequantize = self._lib.cg_dequantize
+        else:
+            raise ValueError(f"dequantize writes float32 or bfloat16, not {out.dtype}")
+        status = dequantize(
             self._pool,
             kind,
             values,
