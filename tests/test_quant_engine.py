@@ -45,6 +45,24 @@ def test_native_decode_step_matches_plain_path(trained_checkpoint, mode):
     assert cosine(got, expected) >= (0.99999 if mode is None else 0.9995)
 
 
+@pytest.mark.parametrize("mode", [None, "int8"])
+def test_native_prompt_path_matches_plain_path_and_gives_back_the_threads(
+    trained_checkpoint, reference, mode
+):
+    # A whole prompt at once: GEMMs on widened weights with PyTorch on every kernel thread,
+    # then one PyTorch thread again for the decode steps that follow.
+    ids, expected = reference
+    native = codegemma.load(trained_checkpoint, quantize=mode, kernels="native", threads=2)
+    assert torch.get_num_threads() == 1
+    seen = []
+    layer = native.model.model.layers[0]
+    hook = layer.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    got = native.logits(ids)
+    hook.remove()
+    assert seen == [2] and torch.get_num_threads() == 1
+    assert cosine(got, expected) >= (0.9999 if mode is None else 0.999)
+
+
 @pytest.mark.parametrize("mode", [None, "int8", "int4"])
 def test_native_batches_equal_single_runs(trained_checkpoint, mode):
     lm = codegemma.load(trained_checkpoint, quantize=mode)

@@ -235,6 +235,13 @@ class GemmaForCausalLM(nn.Module):
         positions start after them. `logits_positions` picks which of the T positions get
         LM-head logits (default: the last only); the (V x D) head dominates all other positions.
         """
+        backend = self.model.embed_tokens.backend
+        if backend is None or input_ids.shape[1] == 1:
+            return self._forward(input_ids, cache, pad, logits_positions)
+        with backend.prompt_threads():  # many tokens a sequence: PyTorch may use every core
+            return self._forward(input_ids, cache, pad, logits_positions)
+
+    def _forward(self, input_ids, cache, pad, logits_positions) -> torch.Tensor:
         start = cache.length if cache is not None else 0
         positions, mask = positions_and_mask(pad, start, input_ids.shape, input_ids.device)
         embed = self.model.embed_tokens

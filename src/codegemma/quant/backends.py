@@ -5,6 +5,8 @@ A backend is owned by one engine and attached to that engine's Linear/Embedding 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -72,9 +74,22 @@ class NativeBackend:
             out[..., start : start + piece.shape[0]] = self._gemm(x, widened)
         return out
 
+    @contextlib.contextmanager
+    def prompt_threads(self) -> Iterator[None]:
+        """PyTorch runs on the kernels' thread count while a prompt is computed (its GEMMs,
+        attention and element-wise work are large enough to share), and on one thread again
+        for decode steps, where the kernels' own pool owns the cores."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.kernels.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """F.linear split by output rows over the GEMM threads."""
-        if self._gemm_threads is None:
+        """F.linear on PyTorch's threads, or split by output rows over the GEMM threads when
+        PyTorch runs single-threaded."""
+        if self._gemm_threads is None or torch.get_num_threads() > 1:
             return F.linear(x, weight)
         n = weight.shape[0]
         step = -(-n // self.kernels.threads)

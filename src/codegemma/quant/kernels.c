@@ -456,9 +456,50 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; inputs a
     return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
 
+#ifdef CG_AVX2
+/* 8 floats to bfloat16, rounded to nearest even exactly as f32_to_bf16 does. */
+CG_INLINE __m128i f32x8_to_bf16(__m256 f) {
+    __m256i u = _mm256_castps_si256(f);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+    u = _mm256_srli_epi32(u, 16); /* each value now fits 16 bits: the pack cannot saturate */
+    return _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+}
+
+CG_INLINE void store_bf16x8(uint16_t *out, __m128i bytes8, __m256 scale) {
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8)), scale);
+    _mm_storeu_si128((__m128i *)out, f32x8_to_bf16(f));
+}
+
+/* One row of blocks to bfloat16, 32 values a step. */
+static void dequant_row_bf16(int kind, block_row r, int64_t k, uint16_t *out) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    for (int64_t b = 0; b < k / CG_BLOCK; b++) {
+        float d;
+        __m256i w = kind == 8 ? block_weights(8, r, b, low_mask, eight, &d)
+                              : block_weights(4, r, b, low_mask, eight, &d);
+        __m256 scale = _mm256_set1_ps(d);
+        __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+        uint16_t *o = out + b * CG_BLOCK;
+        store_bf16x8(o, lo, scale);
+        store_bf16x8(o + 8, _mm_srli_si128(lo, 8), scale);
+        store_bf16x8(o + 16, hi, scale);
+        store_bf16x8(o + 24, _mm_srli_si128(hi, 8), scale);
+    }
+}
+#endif
+
 static void dequant_bf16_task(void *p, int64_t begin, int64_t end) {
     matvec_args *a = (matvec_args *)p;
     uint16_t *out = (uint16_t *)a->y;
+#ifdef CG_AVX2
+    for (int64_t o = begin; o < end; o++) {
+        block_row r = {a->values + o * a->value_row, a->scales + o * a->scale_row,
+                       a->value_block, a->scale_block, a->scale_f32};
+        dequant_row_bf16(a->kind, r, a->K, out + o * a->K);
+    }
+    return;
+#endif
     float block[CG_BLOCK * 64];
     for (int64_t o = begin; o < end; o++) {
         for (int64_t start = 0; start < a->K; start += CG_BLOCK * 64) {
