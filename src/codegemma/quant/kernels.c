@@ -18,6 +18,12 @@
 #define CG_AVX2 1
 #endif
 
+/* CPUs with AVX512-BF16: bfloat16 weights meet activations rounded to bfloat16 in one
+ * pairwise dot-product instruction (`vdpbf16ps`, float32 sums), for every batch size alike. */
+#if defined(CG_AVX2) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#define CG_BF16_DOT 1
+#endif
+
 #define CG_MAX_M 8
 #define CG_BLOCK 32
 
@@ -28,6 +34,12 @@ static inline float bf16_to_f32(uint16_t v) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; inputs are finite */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
 
 static inline float f16_to_f32(uint16_t h) {
@@ -84,9 +96,53 @@ static inline __m256 bf16x8_to_f32(__m128i v) {
 
 #define CG_INLINE static inline __attribute__((always_inline))
 
+#ifdef CG_BF16_DOT
+/* out[m] = dot(w, xb[m]) with xb the activations already rounded to bfloat16. */
+CG_INLINE void row_bf16_dot(const uint16_t *w, const uint16_t *xb, int64_t k, const int M,
+                            float *out) {
+    int64_t i = 0;
+    const int sets = M <= 4 ? 2 : 1;
+    __m512 acc[2][CG_MAX_M];
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+    for (; i + 64 <= k; i += 64) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + i));
+        __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + i + 32));
+        for (int m = 0; m < M; m++) {
+            const uint16_t *xm = xb + m * k + i;
+            acc[0][m] = _mm512_dpbf16_ps(acc[0][m], w0, (__m512bh)_mm512_loadu_si512(xm));
+            acc[sets - 1][m] =
+                _mm512_dpbf16_ps(acc[sets - 1][m], w1, (__m512bh)_mm512_loadu_si512(xm + 32));
+        }
+    }
+    for (int m = 0; m < M; m++)
+        out[m] = _mm512_reduce_add_ps(sets == 2 ? _mm512_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
+    for (; i < k; i++)
+        for (int m = 0; m < M; m++) out[m] += bf16_to_f32(w[i]) * bf16_to_f32(xb[m * k + i]);
+}
+#endif
+
 CG_INLINE void row_bf16(const uint16_t *w, const float *x, int64_t k, const int M, float *out) {
     int64_t i = 0;
-#ifdef CG_AVX2
+#if defined(CG_AVX2) && defined(__AVX512F__)
+    /* 16 weights per instruction; two accumulator sets (even and odd 16-lane steps) when
+     * they fit, so consecutive FMAs do not wait on each other's latency. */
+    const int sets = M <= 4 ? 2 : 1;
+    __m512 acc[2][CG_MAX_M];
+    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+        __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i))), 16));
+        __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + 16))), 16));
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + m * k + i;
+            acc[0][m] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xm), acc[0][m]);
+            acc[sets - 1][m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), acc[sets - 1][m]);
+        }
+    }
+    for (int m = 0; m < M; m++)
+        out[m] = _mm512_reduce_add_ps(sets == 2 ? _mm512_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
+#elif defined(CG_AVX2)
     /* Two accumulator sets (even and odd 8-lane halves) when they fit in the 16 registers:
      * one set would chain every FMA on the previous one's 4-cycle latency. */
     const int sets = M <= 4 ? 2 : 1;
@@ -390,13 +446,18 @@ typedef struct {
     qx xq;
     float *y;
     int64_t M, N, K;
+    const uint16_t *xb; /* x rounded to bfloat16 (CG_BF16_DOT only) */
 } matvec_args;
 
 CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int M) {
     float out[CG_MAX_M];
     for (int64_t o = begin; o < end; o++) {
         if (a->kind == 16) {
+#ifdef CG_BF16_DOT
+            row_bf16_dot((const uint16_t *)(a->values + o * a->value_row), a->xb, a->K, M, out);
+#else
             row_bf16((const uint16_t *)(a->values + o * a->value_row), a->x, a->K, M, out);
+#endif
         } else {
             block_row r = {a->values + o * a->value_row, a->scales + o * a->scale_row,
                            a->value_block, a->scale_block, a->scale_f32};
@@ -422,7 +483,8 @@ static void matvec_task(void *p, int64_t begin, int64_t end) {
 }
 
 /* y (M, N) = x (M, K) @ W^T for M <= 8. Strides in bytes; returns 0, or -1 on bad arguments.
- * Block weights use x quantized to int8 blocks (the caller gives K + K/32*4 bytes of scratch). */
+ * Block weights use x quantized to int8 blocks, bfloat16 weights on CG_BF16_DOT CPUs x rounded
+ * to bfloat16: the caller gives M * (2K + K/32*4) bytes of scratch. */
 int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
               int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
               int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
@@ -436,6 +498,12 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
         quantize_x(x, M, K, q, d);
         a.xq.q = q;
         a.xq.d = d;
+    } else {
+#ifdef CG_BF16_DOT
+        uint16_t *xb = (uint16_t *)scratch;
+        for (int64_t i = 0; i < M * K; i++) xb[i] = f32_to_bf16(x[i]);
+        a.xb = xb;
+#endif
     }
     pool_run(pool, matvec_task, &a, N);
     return 0;
@@ -448,12 +516,6 @@ static void dequant_task(void *p, int64_t begin, int64_t end) {
                        a->value_block, a->scale_block, a->scale_f32};
         dequant_row(a->kind, r, a->K, a->y + o * a->K);
     }
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; inputs are finite */
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
 
 #ifdef CG_AVX2
@@ -555,6 +617,14 @@ int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *o
                      {NULL, NULL}, out, 0, N, K};
     pool_run(pool, widen_task, &a, N);
     return 0;
+}
+
+int cg_bf16_dot(void) {
+#ifdef CG_BF16_DOT
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 int cg_has_avx2(void) {

@@ -105,6 +105,8 @@ class NativeKernels:
         lib.cg_widen_bf16.restype = i32
         lib.cg_widen_bf16.argtypes = [p, p, i64, p, i64, i64]
         self.vectorized = bool(lib.cg_has_avx2())
+        # bfloat16 weights meet activations rounded to bfloat16 (AVX512-BF16 CPUs)
+        self.bf16_activations = bool(lib.cg_bf16_dot())
         self._lib = lib
         self.threads = threads
         self._pool = lib.cg_pool_create(threads)
@@ -126,8 +128,9 @@ class NativeKernels:
         N = weight.shape[0]
         x = x.contiguous()
         y = torch.empty((M, N), dtype=torch.float32)
-        # int8 copy of x plus one float scale per block, for the integer dot products
-        scratch = torch.empty(M * K + M * (K // BLOCK) * 4 + 64, dtype=torch.uint8)
+        # int8 copy of x plus one float scale per block (for the integer dot products), or a
+        # bfloat16 copy of x (for bfloat16 dot products)
+        scratch = torch.empty(M * K * 2 + M * (K // BLOCK) * 4 + 64, dtype=torch.uint8)
         status = self._lib.cg_matvec(
             self._pool,
             layout[0],
