@@ -28,8 +28,6 @@ class Acceleration:
     backend: NativeBackend | None = None
 
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
         if self.native is not None:
             self.native.close()
 

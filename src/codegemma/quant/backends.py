@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +27,15 @@ def _row_slice(weight: Weight, start: int, end: int) -> Weight:
 
 
 class NativeBackend:
-    """Float32 activations; small batches through the C matrix-vector kernels (which read
-    bfloat16 or quantized weights directly), long inputs through a float32 GEMM on a
-    dequantized copy of one weight at a time (reused scratch memory)."""
+    """Float32 activations; one token per sequence through the C matrix-vector kernels (which
+    read bfloat16 or quantized weights directly), longer inputs through a GEMM (bfloat16 on
+    CPUs with bf16 units, else float32) on a widened copy of one slice of a weight at a time
+    (reused scratch memory)."""
 
     def __init__(self, kernels: NativeKernels, fast_bf16_gemm: bool) -> None:
         self.kernels = kernels
         self.fast_bf16_gemm = fast_bf16_gemm  # CPUs with bf16 matrix units: GEMM in bf16
         self._scratch = torch.empty(0, dtype=torch.float32)
-        # PyTorch runs single-threaded beside the kernels' own threads (two thread pools
-        # spinning on the same cores halve decode speed); long GEMMs are split by output
-        # rows over these Python threads instead, each a one-thread GEMM without the GIL.
-        self._gemm_threads = ThreadPoolExecutor(kernels.threads) if kernels.threads > 1 else None
 
     def linear(self, x: torch.Tensor, weight: Weight) -> torch.Tensor:
         """x (B, T, K) or (rows, K) float32 -> (..., N) float32.
@@ -57,7 +53,7 @@ class NativeBackend:
             ]
             return torch.cat(parts).view(*x.shape[:-1], -1)
         if isinstance(weight, torch.Tensor) and self.fast_bf16_gemm:
-            return self._gemm(x.to(weight.dtype), weight).float()
+            return F.linear(x.to(weight.dtype), weight).float()
         # Widen one slice of rows at a time: scratch memory stays small (a 256000-row
         # embedding would need 2 GB at once) and each slice is still a large GEMM. CPUs with
         # bf16 matrix units widen quantized weights to bfloat16 and multiply in bf16 (~2.5x
@@ -71,7 +67,7 @@ class NativeBackend:
         for start in range(0, n, rows):
             piece = _row_slice(weight, start, start + rows)
             widened = self.kernels.dequantize(piece, self._buffer(piece.shape, dtype))
-            out[..., start : start + piece.shape[0]] = self._gemm(x, widened)
+            out[..., start : start + piece.shape[0]] = F.linear(x, widened)
         return out
 
     @contextlib.contextmanager
@@ -86,18 +82,6 @@ class NativeBackend:
         finally:
             torch.set_num_threads(before)
 
-    def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """F.linear on PyTorch's threads, or split by output rows over the GEMM threads when
-        PyTorch runs single-threaded."""
-        if self._gemm_threads is None or torch.get_num_threads() > 1:
-            return F.linear(x, weight)
-        n = weight.shape[0]
-        step = -(-n // self.kernels.threads)
-        parts = self._gemm_threads.map(
-            lambda start: F.linear(x, weight[start : start + step]), range(0, n, step)
-        )
-        return torch.cat(list(parts), dim=-1)
-
     def _buffer(self, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """Reused scratch memory viewed as `shape` of `dtype` (float32 or bfloat16)."""
         size = shape[0] * shape[1]
@@ -105,10 +89,6 @@ class NativeBackend:
         if self._scratch.numel() < floats:
             self._scratch = torch.empty(floats, dtype=torch.float32)
         return self._scratch[:floats].view(dtype)[:size].view(shape)
-
-    def close(self) -> None:
-        if self._gemm_threads is not None:
-            self._gemm_threads.shutdown()
 
 
 def cpu_has_fast_bf16() -> bool:

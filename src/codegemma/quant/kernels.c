@@ -560,8 +560,7 @@ static void dequant_bf16_task(void *p, int64_t begin, int64_t end) {
                        a->value_block, a->scale_block, a->scale_f32};
         dequant_row_bf16(a->kind, r, a->K, out + o * a->K);
     }
-    return;
-#endif
+#else
     float block[CG_BLOCK * 64];
     for (int64_t o = begin; o < end; o++) {
         for (int64_t start = 0; start < a->K; start += CG_BLOCK * 64) {
@@ -575,6 +574,7 @@ static void dequant_bf16_task(void *p, int64_t begin, int64_t end) {
             for (int64_t j = 0; j < width; j++) row[j] = f32_to_bf16(block[j]);
         }
     }
+#endif
 }
 
 /* out (N, K) bfloat16 = the dequantized weight (for bf16 GEMMs on CPUs with bf16 units). */
