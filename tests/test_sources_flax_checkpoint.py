@@ -86,9 +86,7 @@ def save_kaggle_layout(params, root: Path, tokenizer_dir: Path) -> Path:
 
 
 def our_logits(path: Path, ids: list[int]) -> torch.Tensor:
-    lm = codegemma.load(path, dtype="float32", kernels="torch", threads=1)
-    with torch.no_grad():
-        return lm.model(torch.tensor([ids]), logits_positions=slice(None))[0]
+    return codegemma.load(path, dtype="float32", kernels="torch", threads=1).logits(ids)
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["mqa-kv_einsum", "mha-qkv_einsum"])

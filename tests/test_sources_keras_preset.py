@@ -58,9 +58,7 @@ def keras_logits(libs, causal_lm, ids: list[int]) -> torch.Tensor:
 
 
 def our_logits(path: Path, ids: list[int]) -> torch.Tensor:
-    lm = codegemma.load(path, dtype="float32", kernels="torch", threads=1)
-    with torch.no_grad():
-        return lm.model(torch.tensor([ids]), logits_positions=slice(None))[0]
+    return codegemma.load(path, dtype="float32", kernels="torch", threads=1).logits(ids)
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["mqa", "mha"])
