@@ -48,6 +48,8 @@ def test_the_default_model_reaches_the_exact_match_target():
 def test_load_without_a_model_completes_with_the_default_model():
     lm = codegemma.load()
     assert lm.path == default_model_dir()
+    assert lm.weights == "float32"  # the precision its card's scores were measured in
+    assert codegemma.load(dtype="bfloat16").weights == "bfloat16"  # unless asked otherwise
     done = lm.complete(
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n", "\n", max_new_tokens=16
     )
