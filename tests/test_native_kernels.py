@@ -17,8 +17,10 @@ def kernels():
 def quantized_x(x: torch.Tensor) -> torch.Tensor:
     """x rounded to int8 blocks of 32 (scale max|x|/127, round half away from zero), as float."""
     blocks = x.view(x.shape[0], -1, BLOCK)
-    scale = blocks.abs().amax(-1, keepdim=True) / 127
-    q = torch.where(scale > 0, blocks / scale, torch.zeros(()))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    scale = amax / 127
+    # in float32 as the kernel computes it (x * (127 / amax)): no rounding disagreements
+    q = torch.where(amax > 0, blocks * (127 / amax), torch.zeros(()))
     q = torch.sign(q) * torch.floor(q.abs() + 0.5)
     return (q * scale).view_as(x)
 
@@ -77,12 +79,28 @@ def test_float32_scales(kernels):
     assert torch.equal(kernels.matvec(x, wide), kernels.matvec(x, q))
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "int8", "int4"])
+def test_a_row_does_not_depend_on_its_batch(kernels, kind):
+    # Batched decoding must give each sequence the numbers it gets alone (bit for bit),
+    # however many rows the kernel handles together (103 rows: odd remainders too).
+    w = weights(103, 320, seed=13)
+    w = {"bfloat16": w.bfloat16(), "int8": quantize_int8(w), "int4": quantize_int4(w)}[kind]
+    x = torch.randn(8, 320, generator=torch.Generator().manual_seed(14))
+    alone = torch.cat([kernels.matvec(x[i : i + 1], w) for i in range(8)])
+    for size in (2, 3, 5, 8):
+        assert torch.equal(kernels.matvec(x[:size], w), alone[:size])
+
+
 def test_thread_count_does_not_change_results(kernels):
-    w = quantize_int4(weights(1000, 256, seed=10))
+    # rows are handed out in chunks to whichever thread is free: the split must not matter
     x = torch.randn(4, 256)
     single = NativeKernels(threads=1)
     try:
-        assert torch.equal(single.matvec(x, w), kernels.matvec(x, w))
+        for w in (
+            quantize_int4(weights(1000, 256, seed=10)),
+            weights(1000, 256, seed=10).bfloat16(),
+        ):
+            assert torch.equal(single.matvec(x, w), kernels.matvec(x, w))
     finally:
         single.close()
 

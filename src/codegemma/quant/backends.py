@@ -13,14 +13,17 @@ import torch.nn.functional as F
 
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 from codegemma.quant.native import MAX_ROWS, NativeKernels
+from codegemma.quant.row_groups import GROUP, RowGroups
 
-Weight = torch.Tensor | Int8Blocks | Int4Blocks
-_SCRATCH_FLOATS = 8 * 1024 * 1024  # 32 MB of float32 for one widened slice of a weight
+Weight = torch.Tensor | Int8Blocks | Int4Blocks | RowGroups
+_SCRATCH_FLOATS = 4 * 1024 * 1024  # 16 MB of float32 for one widened slice of a weight
 
 
 def _row_slice(weight: Weight, start: int, end: int) -> Weight:
     if isinstance(weight, torch.Tensor):
         return weight[start:end]
+    if isinstance(weight, RowGroups):
+        return weight.take_groups(start // GROUP, -(-end // GROUP))
     if isinstance(weight, Int8Blocks):
         return Int8Blocks(weight.qs[start:end], weight.scales[start:end])
     return Int4Blocks(weight.packed[start:end], weight.scales[start:end])
@@ -62,7 +65,7 @@ class NativeBackend:
         dtype = torch.bfloat16 if quantized_bf16 else torch.float32
         x = x.to(dtype)
         n, k = weight.shape
-        rows = max(self.kernels.threads, _SCRATCH_FLOATS // k)
+        rows = max(GROUP, max(self.kernels.threads, _SCRATCH_FLOATS // k) // GROUP * GROUP)
         out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
         for start in range(0, n, rows):
             piece = _row_slice(weight, start, start + rows)

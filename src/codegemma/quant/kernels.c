@@ -97,76 +97,89 @@ static inline __m256 bf16x8_to_f32(__m128i v) {
 #define CG_INLINE static inline __attribute__((always_inline))
 
 #ifdef CG_BF16_DOT
-/* out[m] = dot(w, xb[m]) with xb the activations already rounded to bfloat16. */
-CG_INLINE void row_bf16_dot(const uint16_t *w, const uint16_t *xb, int64_t k, const int M,
-                            float *out) {
+/* R consecutive rows at once: each activation load serves R rows, which divides the loads
+ * per dot product (batched decode is bound by them, not by memory). One accumulator per
+ * (row, input row) over steps of 32, whatever R and M are: a row's sum never depends on the
+ * batch it came in. */
+CG_INLINE void rows_bf16_dot(const uint16_t *w, int64_t row_stride, const int R,
+                             const uint16_t *xb, int64_t k, const int M, float *out) {
     int64_t i = 0;
-    const int sets = M <= 4 ? 2 : 1;
-    __m512 acc[2][CG_MAX_M];
-    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
-    for (; i + 64 <= k; i += 64) {
-        __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + i));
-        __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + i + 32));
+    __m512 acc[4][CG_MAX_M];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+        __m512bh wr[4];
+        for (int r = 0; r < R; r++)
+            wr[r] = (__m512bh)_mm512_loadu_si512((const void *)(w + r * row_stride + i));
         for (int m = 0; m < M; m++) {
-            const uint16_t *xm = xb + m * k + i;
-            acc[0][m] = _mm512_dpbf16_ps(acc[0][m], w0, (__m512bh)_mm512_loadu_si512(xm));
-            acc[sets - 1][m] =
-                _mm512_dpbf16_ps(acc[sets - 1][m], w1, (__m512bh)_mm512_loadu_si512(xm + 32));
+            __m512bh xm = (__m512bh)_mm512_loadu_si512((const void *)(xb + m * k + i));
+            for (int r = 0; r < R; r++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wr[r], xm);
         }
     }
-    for (int m = 0; m < M; m++)
-        out[m] = _mm512_reduce_add_ps(sets == 2 ? _mm512_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = _mm512_reduce_add_ps(acc[r][m]);
     for (; i < k; i++)
-        for (int m = 0; m < M; m++) out[m] += bf16_to_f32(w[i]) * bf16_to_f32(xb[m * k + i]);
+        for (int r = 0; r < R; r++)
+            for (int m = 0; m < M; m++)
+                out[r * CG_MAX_M + m] += bf16_to_f32(w[r * row_stride + i]) * bf16_to_f32(xb[m * k + i]);
 }
 #endif
 
-CG_INLINE void row_bf16(const uint16_t *w, const float *x, int64_t k, const int M, float *out) {
+/* R consecutive bfloat16 rows (row_stride values apart) times float32 x, widened in registers.
+ * One accumulator per (row, input row), so a row's sum never depends on R or on the batch;
+ * several rows at once keep independent FMA chains in flight even for one input row. */
+CG_INLINE void rows_bf16(const uint16_t *w, int64_t row_stride, const int R, const float *x,
+                         int64_t k, const int M, float *out) {
     int64_t i = 0;
 #if defined(CG_AVX2) && defined(__AVX512F__)
-    /* 16 weights per instruction; two accumulator sets (even and odd 16-lane steps) when
-     * they fit, so consecutive FMAs do not wait on each other's latency. */
-    const int sets = M <= 4 ? 2 : 1;
-    __m512 acc[2][CG_MAX_M];
-    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+    __m512 acc[4][CG_MAX_M];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
     for (; i + 32 <= k; i += 32) {
-        __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i))), 16));
-        __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + 16))), 16));
+        __m512 lo[4], hi[4];
+        for (int r = 0; r < R; r++) {
+            const uint16_t *wr = w + r * row_stride + i;
+            lo[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)wr)), 16));
+            hi[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + 16))), 16));
+        }
         for (int m = 0; m < M; m++) {
-            const float *xm = x + m * k + i;
-            acc[0][m] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xm), acc[0][m]);
-            acc[sets - 1][m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), acc[sets - 1][m]);
+            __m512 x0 = _mm512_loadu_ps(x + m * k + i), x1 = _mm512_loadu_ps(x + m * k + i + 16);
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(hi[r], x1, _mm512_fmadd_ps(lo[r], x0, acc[r][m]));
         }
     }
-    for (int m = 0; m < M; m++)
-        out[m] = _mm512_reduce_add_ps(sets == 2 ? _mm512_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = _mm512_reduce_add_ps(acc[r][m]);
 #elif defined(CG_AVX2)
-    /* Two accumulator sets (even and odd 8-lane halves) when they fit in the 16 registers:
-     * one set would chain every FMA on the previous one's 4-cycle latency. */
-    const int sets = M <= 4 ? 2 : 1;
-    __m256 acc[2][CG_MAX_M];
-    for (int m = 0; m < M; m++) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+    __m256 acc[4][CG_MAX_M];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
     for (; i + 16 <= k; i += 16) {
-        __m256i raw = _mm256_loadu_si256((const __m256i *)(w + i));
-        __m256 lo = bf16x8_to_f32(_mm256_castsi256_si128(raw));
-        __m256 hi = bf16x8_to_f32(_mm256_extracti128_si256(raw, 1));
+        __m256 lo[4], hi[4];
+        for (int r = 0; r < R; r++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + i));
+            lo[r] = bf16x8_to_f32(_mm256_castsi256_si128(raw));
+            hi[r] = bf16x8_to_f32(_mm256_extracti128_si256(raw, 1));
+        }
         for (int m = 0; m < M; m++) {
-            const float *xm = x + m * k + i;
-            acc[0][m] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xm), acc[0][m]);
-            acc[sets - 1][m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 8), acc[sets - 1][m]);
+            __m256 x0 = _mm256_loadu_ps(x + m * k + i), x1 = _mm256_loadu_ps(x + m * k + i + 8);
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm256_fmadd_ps(hi[r], x1, _mm256_fmadd_ps(lo[r], x0, acc[r][m]));
         }
     }
-    for (int m = 0; m < M; m++)
-        out[m] = hsum(sets == 2 ? _mm256_add_ps(acc[0][m], acc[1][m]) : acc[0][m]);
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = hsum(acc[r][m]);
 #else
-    for (int m = 0; m < M; m++) out[m] = 0.0f;
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = 0.0f;
 #endif
-    for (; i < k; i++) {
-        float wv = bf16_to_f32(w[i]);
-        for (int m = 0; m < M; m++) out[m] += wv * x[m * k + i];
-    }
+    for (; i < k; i++)
+        for (int r = 0; r < R; r++) {
+            float wv = bf16_to_f32(w[r * row_stride + i]);
+            for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] += wv * x[m * k + i];
+        }
 }
 
 typedef struct {
@@ -217,7 +230,8 @@ CG_INLINE void row_blocks(const int kind, block_row r, qx x, int64_t k, const in
     const __m256i low_mask = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
     for (int m = 0; m < M; m++) acc[m] = acc2[m] = _mm256_setzero_ps();
     int64_t b = 0;
-    if (M <= 4) { /* two blocks a step into two accumulator sets: shorter FMA chains */
+    { /* two blocks a step into two accumulator sets: shorter FMA chains (for every M alike,
+       * so a row's sum never depends on the batch it came in) */
         for (; b + 2 <= nb; b += 2) {
             float dw0, dw1;
             __m256i w0 = block_weights(kind, r, b, low_mask, eight, &dw0);
@@ -330,6 +344,8 @@ struct cg_pool {
     task_fn fn;
     void *args;
     int64_t rows;
+    int64_t chunk;       /* rows handed out at a time */
+    int64_t next;        /* first row not yet handed out (atomic) */
 };
 
 typedef struct {
@@ -337,10 +353,16 @@ typedef struct {
     int index;
 } worker_arg;
 
-static void split(int64_t rows, int parts, int index, int64_t *begin, int64_t *end) {
-    int64_t chunk = (rows + parts - 1) / parts;
-    *begin = chunk * index < rows ? chunk * index : rows;
-    *end = *begin + chunk < rows ? *begin + chunk : rows;
+/* Threads take chunks of rows until none are left: a thread slowed down (by another process,
+ * or a busier core) simply takes fewer chunks. Each row's result never depends on who
+ * computes it. */
+static void take_chunks(cg_pool *pool, task_fn fn, void *args) {
+    for (;;) {
+        int64_t begin = __atomic_fetch_add(&pool->next, pool->chunk, __ATOMIC_RELAXED);
+        if (begin >= pool->rows) return;
+        int64_t end = begin + pool->chunk < pool->rows ? begin + pool->chunk : pool->rows;
+        fn(args, begin, end);
+    }
 }
 
 static void *worker_main(void *p) {
@@ -362,11 +384,8 @@ static void *worker_main(void *p) {
         seen = pool->generation;
         task_fn fn = pool->fn;
         void *args = pool->args;
-        int64_t rows = pool->rows;
         pthread_mutex_unlock(&pool->lock);
-        int64_t begin, end;
-        split(rows, pool->nthreads, wa->index, &begin, &end);
-        if (begin < end) fn(args, begin, end);
+        take_chunks(pool, fn, args);
         if (__atomic_sub_fetch(&pool->pending, 1, __ATOMIC_ACQ_REL) == 0) {
             pthread_mutex_lock(&pool->lock);
             pthread_cond_signal(&pool->done);
@@ -420,13 +439,15 @@ static void pool_run(cg_pool *pool, task_fn fn, void *args, int64_t rows) {
     pool->fn = fn;
     pool->args = args;
     pool->rows = rows;
+    /* about 8 chunks per thread, at least 16 rows each */
+    int64_t chunk = rows / (8 * (int64_t)pool->nthreads);
+    pool->chunk = chunk < 16 ? 16 : chunk;
+    __atomic_store_n(&pool->next, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&pool->pending, pool->nthreads - 1, __ATOMIC_RELEASE);
     __atomic_store_n(&pool->generation, pool->generation + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool->start);
     pthread_mutex_unlock(&pool->lock);
-    int64_t begin, end;
-    split(rows, pool->nthreads, 0, &begin, &end);
-    if (begin < end) fn(args, begin, end);
+    take_chunks(pool, fn, args);
     for (int i = 0; i < CG_SPINS && __atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0; i++)
         cg_pause();
     pthread_mutex_lock(&pool->lock);
@@ -451,19 +472,42 @@ typedef struct {
 
 CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int M) {
     float out[CG_MAX_M];
-    for (int64_t o = begin; o < end; o++) {
-        if (a->kind == 16) {
+    if (a->kind == 16) {
+        /* as many rows at once as the accumulators and weights fit in registers */
 #ifdef CG_BF16_DOT
-            row_bf16_dot((const uint16_t *)(a->values + o * a->value_row), a->xb, a->K, M, out);
+        const int R = M <= 2 ? 4 : M <= 4 ? 3 : 2;
+#elif defined(__AVX512F__)
+        const int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #else
-            row_bf16((const uint16_t *)(a->values + o * a->value_row), a->x, a->K, M, out);
+        const int R = M == 1 ? 4 : M == 2 ? 2 : 1;
 #endif
-        } else {
-            block_row r = {a->values + o * a->value_row, a->scales + o * a->scale_row,
-                           a->value_block, a->scale_block, a->scale_f32};
-            if (a->kind == 8) row_blocks(8, r, a->xq, a->K, M, out);
-            else row_blocks(4, r, a->xq, a->K, M, out);
+        const int64_t stride = a->value_row / 2;
+        float outs[4 * CG_MAX_M];
+        for (int64_t o = begin; o < end; o += R) {
+            const uint16_t *w = (const uint16_t *)(a->values + o * a->value_row);
+            int rows = end - o < R ? (int)(end - o) : R;
+            switch (rows) {
+#ifdef CG_BF16_DOT
+#define CG_ROWS(n) rows_bf16_dot(w, stride, n, a->xb, a->K, M, outs)
+#else
+#define CG_ROWS(n) rows_bf16(w, stride, n, a->x, a->K, M, outs)
+#endif
+                case 4: CG_ROWS(4); break;
+                case 3: CG_ROWS(3); break;
+                case 2: CG_ROWS(2); break;
+                default: CG_ROWS(1); break;
+#undef CG_ROWS
+            }
+            for (int r = 0; r < rows; r++)
+                for (int m = 0; m < M; m++) a->y[m * a->N + o + r] = outs[r * CG_MAX_M + m];
         }
+        return;
+    }
+    for (int64_t o = begin; o < end; o++) {
+        block_row r = {a->values + o * a->value_row, a->scales + o * a->scale_row,
+                       a->value_block, a->scale_block, a->scale_f32};
+        if (a->kind == 8) row_blocks(8, r, a->xq, a->K, M, out);
+        else row_blocks(4, r, a->xq, a->K, M, out);
         for (int m = 0; m < M; m++) a->y[m * a->N + o] = out[m];
     }
 }
@@ -617,6 +661,325 @@ int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *o
                      {NULL, NULL}, out, 0, N, K};
     pool_run(pool, widen_task, &a, N);
     return 0;
+}
+
+/* -------------------------------------------------------------- interleaved row groups */
+/* Quantized weights regrouped at load (codegemma/quant/row_groups.py) so one pass serves 16
+ * output rows at once: for group g (rows 16g..16g+15) and block b, `chunks` runs of 64 bytes,
+ * run c holding 4 consecutive bytes of each of the 16 rows (row r at bytes 4r..4r+3):
+ *   int8: 8 runs; run c holds elements 4c..4c+3 as unsigned bytes q + 128;
+ *   int4: 4 runs; run c holds elements 4c..4c+3 in the low nibbles and 16+4c..16+4c+3 in the
+ *         high nibbles, as unsigned q + 8 (the bytes of Q4_0's block, regrouped).
+ * Scales: (groups, blocks, 16) float16 or float32. One unsigned-by-signed byte dot product
+ * (`vpdpbusd`) then covers 16 rows x 4 elements; the offset (128 or 8) is taken back once per
+ * block from the sum of the activations' block. 16 row sums come out in one register, and one
+ * vector of 16 scales multiplies them: no per-row reductions, no per-block scalar work. */
+
+#define CG_GROUP 16
+
+static inline int group_chunks(int bits) { return bits == 8 ? 8 : 4; }
+
+/* Sum of each quantized activation block (for the offset correction), times `offset`. */
+static void block_sums(const int8_t *q, int64_t M, int64_t k, int32_t offset, int32_t *sums) {
+    int64_t nb = k / CG_BLOCK;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t s = 0;
+            for (int j = 0; j < CG_BLOCK; j++) s += q[m * k + b * CG_BLOCK + j];
+            sums[m * nb + b] = s * offset;
+        }
+}
+
+typedef struct {
+    int bits;
+    const uint8_t *values;
+    const uint8_t *scales;
+    int scale_f32;
+    const int8_t *xq;
+    const float *xd;
+    const int32_t *xs; /* offset * block sum of x, (M, nb) */
+    float *y;
+    int64_t M, N, K;
+    void *out; /* dequantization target (N, K) */
+    int out_bf16;
+} groups_args;
+
+#if defined(CG_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define CG_ROW_GROUPS 1
+
+CG_INLINE __m512 group_scales(const groups_args *a, int64_t g, int64_t b, int64_t nb) {
+    if (a->scale_f32) return _mm512_loadu_ps((const float *)a->scales + (g * nb + b) * CG_GROUP);
+    return _mm512_cvtph_ps(
+        _mm256_loadu_si256((const __m256i *)((const uint16_t *)a->scales + (g * nb + b) * CG_GROUP)));
+}
+
+/* y[m, 16g .. 16g+15] for groups [begin, end); M constant after inlining. */
+CG_INLINE void groups_rows(const groups_args *a, int64_t begin, int64_t end, const int M,
+                           const int bits) {
+    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(bits);
+    const int64_t block_bytes = chunks * 64;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t g = begin; g < end; g++) {
+        const uint8_t *w = a->values + g * nb * block_bytes;
+        __m512 acc[CG_MAX_M];
+        for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++, w += block_bytes) {
+            __m512 scale = group_scales(a, g, b, nb);
+            /* two independent integer chains per row of x (four when alone) */
+            __m512i d0[CG_MAX_M], d1[CG_MAX_M];
+            for (int m = 0; m < M; m++) d0[m] = d1[m] = _mm512_setzero_si512();
+            if (bits == 8) {
+                for (int c = 0; c < 8; c += 2) {
+                    __m512i v0 = _mm512_loadu_si512((const void *)(w + c * 64));
+                    __m512i v1 = _mm512_loadu_si512((const void *)(w + c * 64 + 64));
+                    for (int m = 0; m < M; m++) {
+                        const int32_t *xm = (const int32_t *)(a->xq + m * k + b * CG_BLOCK);
+                        d0[m] = _mm512_dpbusd_epi32(d0[m], v0, _mm512_set1_epi32(xm[c]));
+                        d1[m] = _mm512_dpbusd_epi32(d1[m], v1, _mm512_set1_epi32(xm[c + 1]));
+                    }
+                }
+            } else {
+                for (int c = 0; c < 4; c++) {
+                    __m512i v = _mm512_loadu_si512((const void *)(w + c * 64));
+                    __m512i lo = _mm512_and_si512(v, low);
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    for (int m = 0; m < M; m++) {
+                        const int32_t *xm = (const int32_t *)(a->xq + m * k + b * CG_BLOCK);
+                        d0[m] = _mm512_dpbusd_epi32(d0[m], lo, _mm512_set1_epi32(xm[c]));
+                        d1[m] = _mm512_dpbusd_epi32(d1[m], hi, _mm512_set1_epi32(xm[c + 4]));
+                    }
+                }
+            }
+            for (int m = 0; m < M; m++) {
+                __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(d0[m], d1[m]),
+                                               _mm512_set1_epi32(a->xs[m * nb + b]));
+                __m512 s = _mm512_mul_ps(scale, _mm512_set1_ps(a->xd[m * nb + b]));
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, acc[m]);
+            }
+        }
+        for (int m = 0; m < M; m++) _mm512_storeu_ps(a->y + m * a->N + g * CG_GROUP, acc[m]);
+    }
+}
+
+/* Rows r of one (group, block) back in Q8_0 / Q4_0 byte order: the runs hold a
+ * (runs x 16 rows) matrix of 4-byte words, transposed here in registers. */
+CG_INLINE __m512i interleave32(__m512i a, __m512i b, int high_rows) {
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    return _mm512_permutex2var_epi32(a, high_rows ? high : low, b);
+}
+
+CG_INLINE __m512i interleave64(__m512i a, __m512i b, int high_half) {
+    const __m512i low = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i high = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    return _mm512_permutex2var_epi64(a, high_half ? high : low, b);
+}
+
+CG_INLINE __m512i interleave128(__m512i a, __m512i b, int high_half) {
+    const __m512i low = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i high = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    return _mm512_permutex2var_epi64(a, high_half ? high : low, b);
+}
+
+/* 16 signed bytes times a scale, rounded to bfloat16 (nearest even, as f32_to_bf16). */
+CG_INLINE void store_bf16x16(uint16_t *out, __m128i bytes16, float scale) {
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16)), _mm512_set1_ps(scale));
+    __m512i u = _mm512_castps_si512(f);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
+/* One row's 32 signed values (Q8_0 element order) to bfloat16. */
+CG_INLINE void store_row_bf16(uint16_t *out, __m256i values, float scale) {
+    store_bf16x16(out, _mm256_castsi256_si128(values), scale);
+    store_bf16x16(out + 16, _mm256_extracti128_si256(values, 1), scale);
+}
+
+/* Q4_0 bytes of one row (16) to its 32 signed values in element order. */
+CG_INLINE __m256i unpack_q4(__m128i packed) {
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
+}
+
+/* The 16 rows of one (group, block) to bfloat16 rows `row_stride` values apart. */
+CG_INLINE void group_block_bf16(int bits, const uint8_t *block, const float *scales,
+                                uint16_t *out, int64_t row_stride) {
+    if (bits == 8) {
+        __m512i r[8], a[8], c[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm512_loadu_si512((const void *)(block + 64 * i));
+        for (int p = 0; p < 4; p++) { /* a[p]: rows 0-7, a[4 + p]: rows 8-15; runs 2p, 2p+1 */
+            a[p] = interleave32(r[2 * p], r[2 * p + 1], 0);
+            a[4 + p] = interleave32(r[2 * p], r[2 * p + 1], 1);
+        }
+        for (int h = 0; h < 2; h++) /* c: 4 rows x runs 0-3 (c[4h + 0, 1]) / 4-7 (c[4h + 2, 3]) */
+            for (int q = 0; q < 2; q++) {
+                c[4 * h + q] = interleave64(a[4 * h], a[4 * h + 1], q);
+                c[4 * h + 2 + q] = interleave64(a[4 * h + 2], a[4 * h + 3], q);
+            }
+        const __m512i sign = _mm512_set1_epi8((char)0x80);
+        for (int h = 0; h < 2; h++)
+            for (int q = 0; q < 2; q++)
+                for (int half = 0; half < 2; half++) {
+                    /* rows 8h + 4q + 2 half, +1: runs 0-3 then 4-7 of each */
+                    __m512i two = _mm512_xor_si512(
+                        interleave128(c[4 * h + q], c[4 * h + 2 + q], half), sign);
+                    int row = 8 * h + 4 * q + 2 * half;
+                    store_row_bf16(out + row * row_stride, _mm512_castsi512_si256(two), scales[row]);
+                    store_row_bf16(out + (row + 1) * row_stride, _mm512_extracti64x4_epi64(two, 1),
+                                   scales[row + 1]);
+                }
+        return;
+    }
+    __m512i r[4], a[4];
+    for (int i = 0; i < 4; i++) r[i] = _mm512_loadu_si512((const void *)(block + 64 * i));
+    for (int h = 0; h < 2; h++) { /* a[2h]: runs 0, 1 and a[2h + 1]: runs 2, 3 of rows 8h.. */
+        a[2 * h] = interleave32(r[0], r[1], h);
+        a[2 * h + 1] = interleave32(r[2], r[3], h);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int q = 0; q < 2; q++) {
+            __m512i four = interleave64(a[2 * h], a[2 * h + 1], q); /* rows 8h + 4q .. +3 */
+            for (int lane = 0; lane < 4; lane++) {
+                int row = 8 * h + 4 * q + lane;
+                __m128i bytes;
+                switch (lane) { /* the extract needs a constant lane */
+                    case 0: bytes = _mm512_extracti32x4_epi32(four, 0); break;
+                    case 1: bytes = _mm512_extracti32x4_epi32(four, 1); break;
+                    case 2: bytes = _mm512_extracti32x4_epi32(four, 2); break;
+                    default: bytes = _mm512_extracti32x4_epi32(four, 3); break;
+                }
+                store_row_bf16(out + row * row_stride, unpack_q4(bytes), scales[row]);
+            }
+        }
+}
+#endif
+
+/* Portable form of the same arithmetic (CPUs without VNNI; tests compare the two). */
+static void groups_rows_scalar(const groups_args *a, int64_t begin, int64_t end) {
+    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(a->bits);
+    for (int64_t g = begin; g < end; g++)
+        for (int64_t m = 0; m < a->M; m++)
+            for (int r = 0; r < CG_GROUP; r++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *w = a->values + (g * nb + b) * chunks * 64 + r * 4;
+                    const int8_t *x = a->xq + m * k + b * CG_BLOCK;
+                    int32_t s = 0;
+                    for (int c = 0; c < chunks; c++)
+                        for (int j = 0; j < 4; j++) {
+                            uint8_t v = w[c * 64 + j];
+                            if (a->bits == 8) s += (int32_t)v * x[4 * c + j];
+                            else s += (v & 0x0F) * x[4 * c + j] + (v >> 4) * x[16 + 4 * c + j];
+                        }
+                    s -= a->xs[m * nb + b];
+                    const uint8_t *sp = a->scales + ((g * nb + b) * CG_GROUP + r) * (a->scale_f32 ? 4 : 2);
+                    acc += (float)s * load_scale(sp, a->scale_f32) * a->xd[m * nb + b];
+                }
+                a->y[m * a->N + g * CG_GROUP + r] = acc;
+            }
+}
+
+static void groups_task(void *p, int64_t begin, int64_t end) {
+    groups_args *a = (groups_args *)p;
+#ifdef CG_ROW_GROUPS
+#define CG_GROUPS_CASE(mm)                                                 \
+    case mm:                                                               \
+        if (a->bits == 8) groups_rows(a, begin, end, mm, 8);               \
+        else groups_rows(a, begin, end, mm, 4);                            \
+        break;
+    switch (a->M) {
+        CG_GROUPS_CASE(1) CG_GROUPS_CASE(2) CG_GROUPS_CASE(3) CG_GROUPS_CASE(4)
+        CG_GROUPS_CASE(5) CG_GROUPS_CASE(6) CG_GROUPS_CASE(7) default:
+            if (a->bits == 8) groups_rows(a, begin, end, 8, 8);
+            else groups_rows(a, begin, end, 8, 4);
+    }
+#undef CG_GROUPS_CASE
+#else
+    groups_rows_scalar(a, begin, end);
+#endif
+}
+
+static void groups_task_scalar(void *p, int64_t begin, int64_t end) {
+    groups_rows_scalar((groups_args *)p, begin, end);
+}
+
+/* y (M, N) = x (M, K) @ W^T for W in row groups, M <= 8; `portable` forces the scalar code.
+ * Scratch: M * (K + K/32 * 8) bytes. Returns 0, or -1 on bad arguments. */
+int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *scales,
+                     int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
+                     void *scratch, int portable) {
+    if (M < 1 || M > CG_MAX_M || K % CG_BLOCK || N % CG_GROUP || (bits != 8 && bits != 4))
+        return -1;
+    int64_t nb = K / CG_BLOCK;
+    int8_t *q = (int8_t *)scratch;
+    float *d = (float *)(q + M * K);
+    int32_t *sums = (int32_t *)(d + M * nb);
+    quantize_x(x, M, K, q, d);
+    block_sums(q, M, K, bits == 8 ? 128 : 8, sums);
+    groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, q, d,
+                     sums, y, M, N, K, NULL, 0};
+    pool_run(pool, portable ? groups_task_scalar : groups_task, &a, N / CG_GROUP);
+    return 0;
+}
+
+static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
+    groups_args *a = (groups_args *)p;
+    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(a->bits);
+    for (int64_t g = begin; g < end; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *block = a->values + (g * nb + b) * chunks * 64;
+            float scales[CG_GROUP];
+            for (int r = 0; r < CG_GROUP; r++)
+                scales[r] = load_scale(
+                    a->scales + ((g * nb + b) * CG_GROUP + r) * (a->scale_f32 ? 4 : 2),
+                    a->scale_f32);
+            int64_t first = g * CG_GROUP * k + b * CG_BLOCK; /* row 16g, column 32b */
+#ifdef CG_ROW_GROUPS
+            if (a->out_bf16) {
+                group_block_bf16(a->bits, block, scales, (uint16_t *)a->out + first, k);
+                continue;
+            }
+#endif
+            for (int r = 0; r < CG_GROUP; r++) {
+                float values[CG_BLOCK];
+                for (int c = 0; c < chunks; c++)
+                    for (int j = 0; j < 4; j++) {
+                        uint8_t v = block[c * 64 + r * 4 + j];
+                        if (a->bits == 8) {
+                            values[4 * c + j] = (float)((int)v - 128) * scales[r];
+                        } else {
+                            values[4 * c + j] = (float)((v & 0x0F) - 8) * scales[r];
+                            values[16 + 4 * c + j] = (float)((v >> 4) - 8) * scales[r];
+                        }
+                    }
+                if (a->out_bf16) {
+                    uint16_t *o = (uint16_t *)a->out + first + r * k;
+                    for (int j = 0; j < CG_BLOCK; j++) o[j] = f32_to_bf16(values[j]);
+                } else {
+                    memcpy((float *)a->out + first + r * k, values, sizeof(values));
+                }
+            }
+        }
+}
+
+/* out (N, K) = the weight of row groups, as float32 or (out_bf16) bfloat16. */
+int cg_dequantize_groups(cg_pool *pool, int bits, const void *values, const void *scales,
+                         int scale_f32, void *out, int out_bf16, int64_t N, int64_t K) {
+    if (K % CG_BLOCK || N % CG_GROUP || (bits != 8 && bits != 4)) return -1;
+    groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, NULL,
+                     NULL, NULL, NULL, 0, N, K, out, out_bf16};
+    pool_run(pool, groups_dequant_task, &a, N / CG_GROUP);
+    return 0;
+}
+
+int cg_row_groups(void) {
+#ifdef CG_ROW_GROUPS
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 int cg_bf16_dot(void) {

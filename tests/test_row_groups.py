@@ -1,0 +1,169 @@
+"""Quantized weights regrouped 16 rows at a time: exact layout, kernels, engine, page release."""
+
+import dataclasses
+import mmap
+
+import pytest
+import torch
+
+import codegemma
+from codegemma.quant.apply import regroup_weights
+from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
+from codegemma.quant.mapped_pages import FileMappings
+from codegemma.quant.native import NativeKernels
+from codegemma.quant.row_groups import RowGroups, can_group, regroup
+
+QUANTIZERS = [quantize_int8, quantize_int4]
+IDS = ["int8", "int4"]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    k = NativeKernels(threads=2)
+    yield k
+    k.close()
+
+
+def weights(rows, cols, seed):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) / cols**0.5
+
+
+def gguf_like(planar):
+    """The same blocks as GGUF stores them (scale then values, per block) as strided views."""
+    out, inp = planar.shape
+    nb = inp // BLOCK
+    values = planar.qs.view(torch.uint8) if isinstance(planar, Int8Blocks) else planar.packed
+    width = values.shape[-1] // nb
+    raw = torch.zeros(out, nb, 2 + width, dtype=torch.uint8)
+    raw[..., :2] = planar.scales.view(torch.uint8).view(out, nb, 2)
+    raw[..., 2:] = values.reshape(out, nb, width)
+    scales = raw[..., :2].view(torch.float16)[..., 0]
+    if isinstance(planar, Int8Blocks):
+        return Int8Blocks(raw[..., 2:].view(torch.int8), scales)
+    return Int4Blocks(raw[..., 2:], scales)
+
+
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("layout", ["planar", "gguf", "float32 scales"])
+def test_regrouping_keeps_every_value(quantize, layout):
+    planar = quantize(weights(48, 256, seed=1))
+    if layout == "gguf":
+        source = gguf_like(planar)
+    elif layout == "float32 scales":
+        source = dataclasses.replace(planar, scales=planar.scales.float())
+    else:
+        source = planar
+    grouped = regroup(source)
+    assert grouped.shape == planar.shape and grouped.scales.dtype == source.scales.dtype
+    assert torch.equal(grouped.dequantize(), source.dequantize())
+    rows = torch.tensor([47, 0, 16, 5, 5])
+    assert torch.equal(grouped.take_rows(rows), source.take_rows(rows))
+    back = grouped.to_blocks()
+    assert type(back) is type(planar) and torch.equal(back.dequantize(), planar.dequantize())
+
+
+def test_layout_is_sixteen_rows_side_by_side():
+    # Row r's int8 bytes of block 0 sit at offset 4r of each 64-byte run, stored as q + 128.
+    qs = torch.arange(16 * 32, dtype=torch.int64).remainder(255).sub(127).to(torch.int8)
+    planar = Int8Blocks(qs.view(16, 32), torch.ones(16, 1, dtype=torch.float16))
+    grouped = regroup(planar)
+    for row in (0, 9, 15):
+        for run in range(8):
+            stored = grouped.values[0, 0, run, row]
+            expected = qs.view(16, 32)[row, 4 * run : 4 * run + 4].to(torch.int32) + 128
+            assert stored.tolist() == expected.tolist()
+
+
+def test_only_whole_groups_of_block_weights_regroup():
+    assert can_group(quantize_int8(weights(32, 64, seed=2)))
+    assert not can_group(quantize_int8(weights(40, 64, seed=2)))
+    assert not can_group(weights(32, 64, seed=2).bfloat16())
+    with pytest.raises(ValueError, match="cannot regroup"):
+        regroup(quantize_int4(weights(24, 64, seed=2)))
+    with pytest.raises(ValueError, match="values must be"):
+        RowGroups(8, torch.zeros(2, 2, 4, 16, 4, dtype=torch.uint8), torch.zeros(2, 2, 16))
+
+
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("rows_in", [1, 3, 8])
+def test_group_matvec_equals_the_row_kernel(kernels, quantize, rows_in):
+    planar = quantize(weights(160, 512, seed=rows_in))
+    grouped = regroup(planar)
+    x = torch.randn(rows_in, 512, generator=torch.Generator().manual_seed(5))
+    expected = kernels.matvec(x, planar)  # same int8 activations, rows reduced one by one
+    got = kernels.matvec(x, grouped)
+    portable = kernels.matvec(x, grouped, portable=True)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(portable, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+def test_group_matvec_rows_do_not_depend_on_the_batch(kernels, quantize):
+    grouped = regroup(quantize(weights(64, 256, seed=3)))
+    x = torch.randn(6, 256, generator=torch.Generator().manual_seed(6))
+    together = kernels.matvec(x, grouped)
+    alone = torch.cat([kernels.matvec(x[i : i + 1], grouped) for i in range(6)])
+    assert torch.equal(together, alone)
+
+
+def test_group_matvec_refuses_a_wrong_width(kernels):
+    grouped = regroup(quantize_int4(weights(32, 128, seed=4)))
+    with pytest.raises(ValueError, match="matvec rejected"):
+        kernels.matvec(torch.randn(1, 96), grouped)
+
+
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_dequantize_is_exact(kernels, quantize, dtype):
+    planar = quantize(weights(80, 320, seed=8) * 3)
+    grouped = regroup(planar)
+    out = torch.empty(80, 320, dtype=dtype)
+    kernels.dequantize(grouped, out)
+    assert torch.equal(out, planar.dequantize(dtype))
+
+
+def test_engine_regroups_where_the_cpu_has_byte_dot_products(trained_checkpoint):
+    lm = codegemma.load(trained_checkpoint, quantize="int4", kernels="native")
+    plain = codegemma.load(trained_checkpoint, quantize="int4", kernels="torch")
+    layers = [m.weight for m in lm.model.modules() if hasattr(m, "backend")]
+    grouped = [w for w in layers if isinstance(w, RowGroups)]
+    assert bool(grouped) == lm.acceleration.native.row_groups
+    assert lm.weights == "int4"
+    embed = lm.model.model.embed_tokens.weight
+    ids = lm.tokenizer.encode("def add(a, b):\n    return a + b\n")
+    assert torch.equal(
+        lm.model.model.embed_tokens(torch.tensor([ids])),
+        plain.model.model.embed_tokens(torch.tensor([ids])),
+    )
+    assert embed is lm.model.model.embed_tokens.weight  # the tied head stays one object
+    got, expected = lm.logits(ids), plain.logits(ids)
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
+    assert cosine > 0.9995
+
+
+def test_regroup_weights_shares_one_copy_between_tied_modules(trained_checkpoint):
+    lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="torch")
+    before = lm.logits([2, 100, 200, 300])
+    count = regroup_weights(lm.model)
+    assert count > 0
+    assert torch.allclose(lm.logits([2, 100, 200, 300]), before, atol=1e-5)
+    assert isinstance(lm.model.model.embed_tokens.weight, RowGroups)
+
+
+def test_release_drops_file_pages_and_keeps_values(tmp_path):
+    path = tmp_path / "data.bin"
+    values = torch.arange(4 * mmap.PAGESIZE, dtype=torch.uint8)
+    path.write_bytes(values.numpy().tobytes())
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    tensor = torch.frombuffer(mapped, dtype=torch.uint8)
+    assert int(tensor.sum()) == int(values.sum())  # pages read in
+    released = FileMappings().release(tensor)
+    assert released == hasattr(mmap, "MADV_DONTNEED")
+    assert torch.equal(tensor, values)  # read again from the file
+
+
+def test_release_leaves_anonymous_memory_alone():
+    tensor = torch.arange(1 << 20, dtype=torch.int32)
+    assert not FileMappings().release(tensor)
+    assert torch.equal(tensor, torch.arange(1 << 20, dtype=torch.int32))
