@@ -43,7 +43,9 @@ class Embedding(nn.Module):
 
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_embeddings, dim).normal_())
+        # uninitialised, as Linear's: loaders assign weights and creators initialise them (a
+        # random fill on the meta device would import torch._dynamo: ~70 MB of memory)
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
         self.backend = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,16 @@ class MLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        plain = isinstance(self.gate_proj, Linear) and isinstance(self.up_proj, Linear)  # no LoRA
+        backend = self.gate_proj.backend if plain else None
+        gate, up = (self.gate_proj.weight, self.up_proj.weight) if plain else (None, None)
+        if backend is not None and backend.fuses_mlp(x, gate, up):
+            return self.down_proj(backend.gated_hidden(x, gate, up))
+        # inference: activation and product in place, two (B, T, intermediate) buffers fewer
+        hidden = torch.ops.aten.gelu_(self.gate_proj(x), approximate="tanh")
+        return self.down_proj(hidden.mul_(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):

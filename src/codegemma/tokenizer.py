@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import operator
 import re
+from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
-from tokenizers import Tokenizer as HFTokenizer
 
 from codegemma.errors import CodeGemmaError
 
@@ -58,7 +58,7 @@ class Tokenizer:
     def __init__(
         self,
         *,
-        tokens: list[str | None],
+        tokens: Iterable[str | None] | PieceTable,
         added: dict[str, int],
         skippable: frozenset[int],
         encode_text: Callable[[str], list[int]],
@@ -67,14 +67,13 @@ class Tokenizer:
         # tokens[i] is the raw piece text of id i (None for a hole in the id space); added
         # maps the text of each whole-match token to its id; encode_text turns non-empty
         # valid text into ids without BOS.
-        self._tokens = tokens
+        self._pieces = tokens if isinstance(tokens, PieceTable) else PieceTable(tokens)
         self._added = added
-        self._ids = {text: i for i, text in enumerate(tokens) if text is not None}
+        self._ids: dict[str, int] | None = None  # text -> id, built on the first lookup
         self._skippable = skippable
         self._encode_text = encode_text
         self._source = source
-        self._texts = [None if t is None else t.replace("\u2581", " ") for t in tokens]
-        self._bytes = [None if t is None else _byte_value(t) for t in tokens]
+        self._bytes = self._pieces.byte_pieces()  # id -> byte of <0x00> .. <0xFF>
         self.bos_id = self._required("<bos>")
         self.eos_id = self._required("<eos>")
         self.pad_id = self._required("<pad>")
@@ -129,7 +128,7 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of ids, i.e. one more than the largest valid id."""
-        return len(self._tokens)
+        return len(self._pieces)
 
     @property
     def special_ids(self) -> frozenset[int]:
@@ -144,7 +143,11 @@ class Tokenizer:
     def token_id(self, text: str) -> int | None:
         """Id of the token whose piece text is exactly ``text`` (e.g. ``"<|fim_prefix|>"``)."""
         found = self._added.get(text)
-        return found if found is not None else self._ids.get(text)
+        if found is not None:
+            return found
+        if self._ids is None:
+            self._ids = self._pieces.index()
+        return self._ids.get(text)
 
     def id_to_piece(self, token_id: int) -> str:
         """Raw piece text of ``token_id``, e.g. ``"▁return"``, ``"<0x0A>"`` or ``"<eos>"``."""
@@ -152,7 +155,7 @@ class Tokenizer:
 
     def byte_value(self, token_id: int) -> int | None:
         """The byte a byte-fallback token (``<0x..>``) stands for; None for other tokens."""
-        return self._bytes[self._checked_id(token_id)]
+        return self._bytes.get(self._checked_id(token_id))
 
     # --------------------------------------------------------------------- encode / decode
 
@@ -173,14 +176,14 @@ class Tokenizer:
             if skip_special_tokens and token in self._skippable:
                 # Dropped before byte runs are formed, so bytes on both sides join up.
                 continue
-            byte = self._bytes[token]
+            byte = self._bytes.get(token)
             if byte is not None:
                 run.append(byte)
                 continue
             if run:
                 parts.append(decode_byte_run(run))
                 run.clear()
-            parts.append(self._texts[token])  # type: ignore[arg-type]  # checked id
+            parts.append(self._piece(token).replace("\u2581", " "))
         if run:
             parts.append(decode_byte_run(run))
         return "".join(parts)
@@ -188,7 +191,7 @@ class Tokenizer:
     # ----------------------------------------------------------------------------- helpers
 
     def _piece(self, token_id: int) -> str:
-        piece = self._tokens[token_id]
+        piece = self._pieces[token_id]
         assert piece is not None  # _checked_id rejects holes
         return piece
 
@@ -199,7 +202,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"token ids must be integers, got {type(token_id).__name__}"
             ) from None
-        if not 0 <= index < len(self._tokens) or self._tokens[index] is None:
+        if not 0 <= index < len(self._pieces) or self._pieces.is_hole(index):
             raise TokenizerError(
                 f"token id {index} is outside the vocabulary (size {self.vocab_size})"
             )
@@ -207,6 +210,50 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self._source)!r}, vocab_size={self.vocab_size})"
+
+
+class PieceTable:
+    """The piece text of every id, kept as one UTF-8 buffer and its offsets: a 256000-piece
+    vocabulary as a list of Python strings (plus a text -> id dict) takes some 40 MB.
+    Built in one pass over any iterable, so the pieces never all exist as objects at once."""
+
+    def __init__(self, tokens: Iterable[str | None]) -> None:
+        data = bytearray()
+        self._offsets = array("q", [0])
+        holes = []
+        for index, token in enumerate(tokens):
+            if token is None:
+                holes.append(index)
+            else:
+                data += token.encode("utf-8")
+            self._offsets.append(len(data))
+        self._data = bytes(data)
+        self._holes = frozenset(holes)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str | None:
+        if index in self._holes:
+            return None
+        return self._data[self._offsets[index] : self._offsets[index + 1]].decode("utf-8")
+
+    def is_hole(self, index: int) -> bool:
+        return index in self._holes
+
+    def index(self) -> dict[str, int]:
+        """Text -> id of every piece (the last id where a text repeats)."""
+        return {piece: i for i in range(len(self)) if (piece := self[i]) is not None}
+
+    def byte_pieces(self) -> dict[int, int]:
+        """Id -> byte of every byte-fallback piece (six bytes long, like ``<0x0A>``)."""
+        found = {}
+        for i in range(len(self)):
+            if self._offsets[i + 1] - self._offsets[i] == 6 and i not in self._holes:
+                byte = _byte_value(self[i])  # type: ignore[arg-type]  # not a hole
+                if byte is not None:
+                    found[i] = byte
+        return found
 
 
 def decode_byte_run(run: bytes | bytearray) -> str:
@@ -274,8 +321,7 @@ def _load_sentencepiece_bytes(data: bytes, file: Path) -> Tokenizer:
     proto = model_pb2.ModelProto()
     try:
         proto.ParseFromString(data)
-        processor = spm.SentencePieceProcessor(model_proto=data)
-    except Exception as exc:  # protobuf's DecodeError and SentencePiece's RuntimeError/OSError
+    except Exception as exc:  # protobuf's DecodeError
         raise TokenizerError(f"{str(file)!r} is not a valid SentencePiece model: {exc}") from exc
     if not proto.pieces:
         raise TokenizerError(f"{str(file)!r} is not a valid SentencePiece model: no pieces")
@@ -287,7 +333,6 @@ def _load_sentencepiece_bytes(data: bytes, file: Path) -> Tokenizer:
             f"{str(file)!r} adds a dummy prefix or collapses whitespace; not a Gemma tokenizer"
         )
     kind = model_pb2.ModelProto.SentencePiece
-    tokens: list[str | None] = [p.piece for p in proto.pieces]
     added: dict[str, int] = {}
     skippable: set[int] = set()
     for index, piece in enumerate(proto.pieces):
@@ -298,9 +343,14 @@ def _load_sentencepiece_bytes(data: bytes, file: Path) -> Tokenizer:
     for text in _NAMED_SPECIAL_TOKENS:
         if text in added:
             skippable.add(added[text])
-
+    pieces = PieceTable(piece.piece for piece in proto.pieces)
+    del proto  # before SentencePiece's own tables are built: ~13 MB less held for good
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=data)
+    except Exception as exc:  # SentencePiece's RuntimeError/OSError
+        raise TokenizerError(f"{str(file)!r} is not a valid SentencePiece model: {exc}") from exc
     return Tokenizer(
-        tokens=tokens,
+        tokens=pieces,
         added=added,
         skippable=frozenset(skippable),
         encode_text=_split_encoder(processor.encode, added),
@@ -347,6 +397,8 @@ def _split_encoder(
 
 def _load_json(file: Path) -> Tokenizer:
     try:
+        from tokenizers import Tokenizer as HFTokenizer  # only for tokenizer.json files
+
         backend = HFTokenizer.from_file(str(file))
     except Exception as exc:  # the Rust side raises plain Exception for any parse failure
         raise TokenizerError(f"{str(file)!r} is not a valid tokenizer.json: {exc}") from exc

@@ -23,7 +23,7 @@ from codegemma.quant.mapped_pages import FileMappings, huge_page_empty
 
 GROUP = 16  # rows regrouped together
 RUN_BYTES = 4  # consecutive bytes of one row in a run
-_SLICE_ROWS = 4096  # rows regrouped at a time (bounded temporaries, pages released per slice)
+_SLICE_ROWS = 1024  # rows regrouped at a time (bounded temporaries, pages released per slice)
 
 
 @dataclasses.dataclass
