@@ -9,7 +9,7 @@ import torch
 
 from codegemma.errors import InvalidRequestError
 from codegemma.model import GemmaForCausalLM
-from codegemma.quant.apply import attach_backend, regroup_weights
+from codegemma.quant.apply import attach_backend, prepare_for_kernels
 from codegemma.quant.backends import NativeBackend, cpu_has_fast_bf16
 from codegemma.quant.native import KernelUnavailable, NativeKernels
 
@@ -66,8 +66,7 @@ def accelerate(
         attach_backend(model, None)
         return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
     backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
-    if native.row_groups:  # CPUs with byte dot products: quantized weights in 16-row groups
-        regroup_weights(model)
+    prepare_for_kernels(model, row_groups=native.row_groups)
     attach_backend(model, backend)
     model.compute_dtype = torch.float32
     torch.set_num_threads(1)  # process-wide: PyTorch's own pool would fight the kernels'

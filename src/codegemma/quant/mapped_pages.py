@@ -91,4 +91,18 @@ def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
 
 
+def copy_to_huge_pages(
+    tensor: torch.Tensor, mappings: FileMappings | None = None, slice_bytes: int = 64 << 20
+) -> torch.Tensor:
+    """A contiguous copy of `tensor` on huge pages, made slice by slice along dim 0; with
+    `mappings`, the source's file pages are released after each slice."""
+    copy = huge_page_empty(tuple(tensor.shape), tensor.dtype)
+    step = max(1, slice_bytes // max(1, tensor[0].numel() * tensor.element_size()))
+    for start in range(0, tensor.shape[0], step):
+        copy[start : start + step] = tensor[start : start + step]
+        if mappings is not None:
+            mappings.release(tensor[start : start + step])
+    return copy
+
+
 _HUGE_PAGE = 2 * 1024 * 1024
