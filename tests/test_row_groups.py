@@ -9,7 +9,7 @@ import torch
 import codegemma
 from codegemma.quant.apply import prepare_for_kernels
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
-from codegemma.quant.mapped_pages import FileMappings, copy_to_huge_pages
+from codegemma.quant.mapped_pages import FileMappings, huge_page_empty
 from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import RowGroups, can_group, regroup
 
@@ -144,35 +144,10 @@ def test_engine_regroups_where_the_cpu_has_byte_dot_products(trained_checkpoint)
 def test_regrouping_shares_one_copy_between_tied_modules(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="torch")
     before = lm.logits([2, 100, 200, 300])
-    counts = prepare_for_kernels(lm.model, row_groups=True)
-    assert counts["row_groups"] > 0 and counts["huge_pages"] == 0
+    assert prepare_for_kernels(lm.model, row_groups=False) == 0
+    assert prepare_for_kernels(lm.model, row_groups=True) > 0
     assert torch.allclose(lm.logits([2, 100, 200, 300]), before, atol=1e-5)
     assert isinstance(lm.model.model.embed_tokens.weight, RowGroups)
-
-
-def test_bfloat16_weights_move_to_huge_pages_unchanged(trained_checkpoint):
-    lm = codegemma.load(trained_checkpoint, dtype="bfloat16", kernels="torch")
-    modules = {n: m for n, m in lm.model.named_modules() if hasattr(m, "backend")}
-    before = {n: m.weight.clone() for n, m in modules.items()}
-    distinct = len({id(m.weight) for m in modules.values()})  # the tied head counts once
-    counts = prepare_for_kernels(lm.model, row_groups=True)
-    assert counts == {"row_groups": 0, "huge_pages": distinct}
-    for name, module in lm.model.named_modules():
-        if name in before:
-            assert module.weight.dtype == torch.bfloat16
-            assert torch.equal(module.weight, before[name])
-
-
-def test_copy_to_huge_pages_releases_the_file_pages(tmp_path):
-    path = tmp_path / "weights.bin"
-    values = torch.randn(3 * mmap.PAGESIZE, 16).bfloat16()
-    path.write_bytes(values.view(torch.uint8).numpy().tobytes())
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    source = torch.frombuffer(mapped, dtype=torch.bfloat16).view(values.shape)
-    copy = copy_to_huge_pages(source, FileMappings(), slice_bytes=8192)
-    assert torch.equal(copy, values) and copy.data_ptr() != source.data_ptr()
-    assert torch.equal(source, values)  # released pages read back from the file
 
 
 def test_release_drops_file_pages_and_keeps_values(tmp_path):
@@ -192,3 +167,11 @@ def test_release_leaves_anonymous_memory_alone():
     tensor = torch.arange(1 << 20, dtype=torch.int32)
     assert not FileMappings().release(tensor)
     assert torch.equal(tensor, torch.arange(1 << 20, dtype=torch.int32))
+
+
+def test_huge_page_memory_is_an_ordinary_tensor():
+    big = huge_page_empty((3, 1 << 20), torch.int32)  # 12 MB: advised huge pages
+    small = huge_page_empty((4, 4), torch.float32)  # below one huge page: plain torch.empty
+    big.fill_(7)
+    assert big.shape == (3, 1 << 20) and int(big.sum()) == 7 * 3 * (1 << 20)
+    assert small.shape == (4, 4) and small.dtype == torch.float32

@@ -6,8 +6,11 @@
  * Block layouts are described by byte strides, so the same code reads planar tensors and
  * GGUF's interleaved blocks (2-byte fp16 scale followed by the values) in place.
  *
- * Work is split over output rows between a small persistent pool of threads owned by a
- * `cg_pool` object (no global state; the Python engine owns one pool).
+ * Work is split over output rows (in chunks taken by whichever thread is free) between a
+ * small persistent pool of threads owned by a `cg_pool` object (no global state; the Python
+ * engine owns one pool). Every row's sum is computed in the same order whatever the batch
+ * size, the chunking or the number of rows handled together, so a sequence gets the same
+ * numbers alone or batched.
  */
 #include <pthread.h>
 #include <stdint.h>

@@ -10,7 +10,9 @@ since dropping it would zero it. Linux only; elsewhere `release` does nothing.
 
 Weights the engine copies (regrouped quantized weights) are streamed in full for every token;
 on 2 MB pages the processor's address translation keeps up with that stream (about 8% faster
-decoding measured on int4 weights). `huge_page_empty` asks for them where the system allows.
+decoding measured on int4 weights). `huge_page_empty` asks for them where the system allows;
+the first touch of such memory can be slower (up to about 1 s per GB here, when the kernel
+must compact memory to find 2 MB pages), which is paid once at load.
 """
 
 from __future__ import annotations
@@ -89,20 +91,6 @@ def huge_page_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     except OSError:
         pass  # a kernel without transparent huge pages: ordinary pages
     return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
-
-
-def copy_to_huge_pages(
-    tensor: torch.Tensor, mappings: FileMappings | None = None, slice_bytes: int = 64 << 20
-) -> torch.Tensor:
-    """A contiguous copy of `tensor` on huge pages, made slice by slice along dim 0; with
-    `mappings`, the source's file pages are released after each slice."""
-    copy = huge_page_empty(tuple(tensor.shape), tensor.dtype)
-    step = max(1, slice_bytes // max(1, tensor[0].numel() * tensor.element_size()))
-    for start in range(0, tensor.shape[0], step):
-        copy[start : start + step] = tensor[start : start + step]
-        if mappings is not None:
-            mappings.release(tensor[start : start + step])
-    return copy
 
 
 _HUGE_PAGE = 2 * 1024 * 1024
