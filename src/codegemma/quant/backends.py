@@ -50,6 +50,8 @@ class NativeBackend:
             return F.linear(x, weight)
         if x.dim() == 2 or x.shape[-2] == 1:  # one new token per sequence: decode
             flat = x.reshape(-1, x.shape[-1]).float()
+            if flat.shape[0] <= MAX_ROWS:
+                return self.kernels.matvec(flat, weight).view(*x.shape[:-1], -1)
             parts = [
                 self.kernels.matvec(flat[i : i + MAX_ROWS], weight)
                 for i in range(0, flat.shape[0], MAX_ROWS)

@@ -117,6 +117,9 @@ class NativeKernels:
         self._lib = lib
         self.threads = threads
         self._pool = lib.cg_pool_create(threads)
+        # activations in int8 / bfloat16 for one call, reused (calls come from one thread,
+        # as the pool takes one task at a time)
+        self._scratch = torch.empty(0, dtype=torch.uint8)
 
     def close(self) -> None:
         if getattr(self, "_pool", None):
@@ -146,7 +149,7 @@ class NativeKernels:
         y = torch.empty((M, N), dtype=torch.float32)
         # int8 copy of x plus one float scale per block (for the integer dot products), or a
         # bfloat16 copy of x (for bfloat16 dot products)
-        scratch = torch.empty(M * K * 2 + M * (K // BLOCK) * 4 + 64, dtype=torch.uint8)
+        scratch = self._scratch_bytes(M * K * 2 + M * (K // BLOCK) * 4 + 64)
         status = self._lib.cg_matvec(
             self._pool,
             layout[0],
@@ -162,13 +165,18 @@ class NativeKernels:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
 
+    def _scratch_bytes(self, size: int) -> torch.Tensor:
+        if self._scratch.numel() < size:
+            self._scratch = torch.empty(size, dtype=torch.uint8)
+        return self._scratch
+
     def _matvec_groups(self, x: torch.Tensor, weight: RowGroups, portable: bool) -> torch.Tensor:
         M, K = x.shape
         N = weight.shape[0]
         x = x.contiguous()
         y = torch.empty((M, N), dtype=torch.float32)
         # int8 copy of x, a float scale and an int32 block sum per block of 32
-        scratch = torch.empty(M * K + M * (K // BLOCK) * 8 + 64, dtype=torch.uint8)
+        scratch = self._scratch_bytes(M * K + M * (K // BLOCK) * 8 + 64)
         status = self._lib.cg_matvec_groups(
             self._pool,
             weight.bits,
