@@ -41,6 +41,7 @@ def run_codegemma(path: str, args) -> dict:
         "kernels": lm.acceleration.kernels,
         "weights": lm.weights,
         "build_s": lm.acceleration.build_seconds,
+        "layout_s": lm.acceleration.layout_seconds,  # regrouping weights, part of load_s
     }
 
     def timed_steps(prompts: list[list[int]], steps: int) -> tuple[float, list[float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import torch
 
@@ -23,6 +24,8 @@ class Acceleration:
     kernels: str  # "native" (C kernels, float32 activations) or "torch" (plain PyTorch)
     threads: int  # threads for kernels and PyTorch
     build_seconds: float = 0.0  # time spent compiling kernels (0 when cached)
+    layout_seconds: float = 0.0  # time spent regrouping quantized weights at load
+    regrouped: int = 0  # weights regrouped 16 rows at a time
     note: str = ""  # why "auto" picked what it did
     native: NativeKernels | None = None
     backend: NativeBackend | None = None
@@ -66,8 +69,20 @@ def accelerate(
         attach_backend(model, None)
         return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
     backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
-    prepare_for_kernels(model, row_groups=native.row_groups)
+    started = time.perf_counter()
+    regrouped = prepare_for_kernels(model, row_groups=native.row_groups)
+    layout_seconds = time.perf_counter() - started
+    note = f"C kernels; {regrouped} weights regrouped for byte dot products" if regrouped else ""
     attach_backend(model, backend)
     model.compute_dtype = torch.float32
     torch.set_num_threads(1)  # process-wide: PyTorch's own pool would fight the kernels'
-    return Acceleration("native", threads, native.build_seconds, "C kernels", native, backend)
+    return Acceleration(
+        "native",
+        threads,
+        native.build_seconds,
+        layout_seconds,
+        regrouped,
+        note or "C kernels",
+        native,
+        backend,
+    )
