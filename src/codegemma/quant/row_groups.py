@@ -70,8 +70,9 @@ class RowGroups:
         nb = inp // BLOCK
         rows = torch.arange(out) if rows is None else rows
         group, lane = rows // GROUP, rows % GROUP
-        runs = self.values[group].permute(0, 3, 1, 2, 4)  # (R, 16 lanes, nb, runs, 4)
-        picked = runs[torch.arange(len(rows)), lane]  # (R, nb, runs, 4)
+        # the two index tensors apart put their dimension first: (R, nb, runs, 4), and only
+        # the requested rows' bytes are gathered
+        picked = self.values[group, :, :, lane]
         scales = self.scales[group, :, lane] if len(rows) else self.scales.new_empty(0, nb)
         if self.bits == 8:
             qs = (picked.reshape(len(rows), inp) ^ 0x80).view(torch.int8)
