@@ -1,5 +1,6 @@
 """The C kernels against independent float computations."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,14 +16,20 @@ def kernels():
 
 
 def quantized_x(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to int8 blocks of 32 (scale max|x|/127, round half away from zero), as float."""
-    blocks = x.view(x.shape[0], -1, BLOCK)
-    amax = blocks.abs().amax(-1, keepdim=True)
-    scale = amax / 127
-    # in float32 as the kernel computes it (x * (127 / amax)): no rounding disagreements
-    q = torch.where(amax > 0, blocks * (127 / amax), torch.zeros(()))
-    q = torch.sign(q) * torch.floor(q.abs() + 0.5)
-    return (q * scale).view_as(x)
+    """x rounded to int8 blocks of 32 (scale max|x|/127, round half away from zero), as float.
+
+    Step by step in IEEE float32 as the kernel's C does (numpy float32 operations round each
+    result once): inv = 127 / amax, v = x * inv, q = trunc(v -/+ 0.5). Ties (v exactly k + 0.5)
+    do occur, so the rounding must be the kernel's, not merely close to it."""
+    blocks = x.numpy().astype(np.float32).reshape(x.shape[0], -1, BLOCK)
+    amax = np.abs(blocks).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    v = (blocks * inv).astype(np.float32)
+    half = np.float32(0.5)
+    q = np.trunc(np.where(v < 0, v - half, v + half)).astype(np.float32)
+    scale = (amax / np.float32(127.0)).astype(np.float32)
+    return torch.from_numpy((q * scale).astype(np.float32)).view_as(x)
 
 
 def weights(rows, cols, seed):
