@@ -124,7 +124,8 @@ CG_INLINE void rows_bf16_dot(const uint16_t *w, int64_t row_stride, const int R,
     for (; i < k; i++)
         for (int r = 0; r < R; r++)
             for (int m = 0; m < M; m++)
-                out[r * CG_MAX_M + m] += bf16_to_f32(w[r * row_stride + i]) * bf16_to_f32(xb[m * k + i]);
+                out[r * CG_MAX_M + m] +=
+                    bf16_to_f32(w[r * row_stride + i]) * bf16_to_f32(xb[m * k + i]);
 }
 #endif
 
@@ -243,7 +244,8 @@ CG_INLINE void row_blocks(const int kind, block_row r, qx x, int64_t k, const in
                 const int8_t *xm = x.q + m * k + b * CG_BLOCK;
                 __m256 s0 = _mm256_set1_ps(dw0 * x.d[m * nb + b]);
                 __m256 s1 = _mm256_set1_ps(dw1 * x.d[m * nb + b + 1]);
-                acc[m] = _mm256_fmadd_ps(dot_i8(w0, _mm256_loadu_si256((const __m256i *)xm)), s0, acc[m]);
+                acc[m] = _mm256_fmadd_ps(dot_i8(w0, _mm256_loadu_si256((const __m256i *)xm)), s0,
+                                         acc[m]);
                 acc2[m] = _mm256_fmadd_ps(
                     dot_i8(w1, _mm256_loadu_si256((const __m256i *)(xm + CG_BLOCK))), s1, acc2[m]);
             }
@@ -351,11 +353,6 @@ struct cg_pool {
     int64_t next;        /* first row not yet handed out (atomic) */
 };
 
-typedef struct {
-    cg_pool *pool;
-    int index;
-} worker_arg;
-
 /* Threads take chunks of rows until none are left: a thread slowed down (by another process,
  * or a busier core) simply takes fewer chunks. Each row's result never depends on who
  * computes it. */
@@ -369,8 +366,7 @@ static void take_chunks(cg_pool *pool, task_fn fn, void *args) {
 }
 
 static void *worker_main(void *p) {
-    worker_arg *wa = (worker_arg *)p;
-    cg_pool *pool = wa->pool;
+    cg_pool *pool = (cg_pool *)p; /* workers are alike: they take chunks until none are left */
     uint64_t seen = 0;
     for (;;) {
         for (int i = 0; i < CG_SPINS; i++) {
@@ -395,7 +391,6 @@ static void *worker_main(void *p) {
             pthread_mutex_unlock(&pool->lock);
         }
     }
-    free(wa);
     return NULL;
 }
 
@@ -407,12 +402,8 @@ cg_pool *cg_pool_create(int nthreads) {
     pthread_cond_init(&pool->start, NULL);
     pthread_cond_init(&pool->done, NULL);
     pool->threads = (pthread_t *)calloc((size_t)pool->nthreads, sizeof(pthread_t));
-    for (int i = 1; i < pool->nthreads; i++) {
-        worker_arg *wa = (worker_arg *)malloc(sizeof(worker_arg));
-        wa->pool = pool;
-        wa->index = i;
-        pthread_create(&pool->threads[i], NULL, worker_main, wa);
-    }
+    for (int i = 1; i < pool->nthreads; i++)
+        pthread_create(&pool->threads[i], NULL, worker_main, pool);
     return pool;
 }
 
@@ -668,7 +659,7 @@ int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *o
 
 /* -------------------------------------------------------------- interleaved row groups */
 /* Quantized weights regrouped at load (codegemma/quant/row_groups.py) so one pass serves 16
- * output rows at once: for group g (rows 16g..16g+15) and block b, `chunks` runs of 64 bytes,
+ * output rows at once: for group g (rows 16g..16g+15) and block b, `runs` runs of 64 bytes,
  * run c holding 4 consecutive bytes of each of the 16 rows (row r at bytes 4r..4r+3):
  *   int8: 8 runs; run c holds elements 4c..4c+3 as unsigned bytes q + 128;
  *   int4: 4 runs; run c holds elements 4c..4c+3 in the low nibbles and 16+4c..16+4c+3 in the
@@ -680,7 +671,7 @@ int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *o
 
 #define CG_GROUP 16
 
-static inline int group_chunks(int bits) { return bits == 8 ? 8 : 4; }
+static inline int group_runs(int bits) { return bits == 8 ? 8 : 4; }
 
 /* Sum of each quantized activation block (for the offset correction), times `offset`. */
 static void block_sums(const int8_t *q, int64_t M, int64_t k, int32_t offset, int32_t *sums) {
@@ -713,14 +704,15 @@ typedef struct {
 CG_INLINE __m512 group_scales(const groups_args *a, int64_t g, int64_t b, int64_t nb) {
     if (a->scale_f32) return _mm512_loadu_ps((const float *)a->scales + (g * nb + b) * CG_GROUP);
     return _mm512_cvtph_ps(
-        _mm256_loadu_si256((const __m256i *)((const uint16_t *)a->scales + (g * nb + b) * CG_GROUP)));
+        _mm256_loadu_si256((const __m256i *)((const uint16_t *)a->scales +
+                                             (g * nb + b) * CG_GROUP)));
 }
 
 /* y[m, 16g .. 16g+15] for groups [begin, end); M constant after inlining. */
 CG_INLINE void groups_rows(const groups_args *a, int64_t begin, int64_t end, const int M,
                            const int bits) {
-    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(bits);
-    const int64_t block_bytes = chunks * 64;
+    const int64_t k = a->K, nb = k / CG_BLOCK, runs = group_runs(bits);
+    const int64_t block_bytes = runs * 64;
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t g = begin; g < end; g++) {
         const uint8_t *w = a->values + g * nb * block_bytes;
@@ -787,7 +779,8 @@ CG_INLINE __m512i interleave128(__m512i a, __m512i b, int high_half) {
 
 /* 16 signed bytes times a scale, rounded to bfloat16 (nearest even, as f32_to_bf16). */
 CG_INLINE void store_bf16x16(uint16_t *out, __m128i bytes16, float scale) {
-    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16)), _mm512_set1_ps(scale));
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16)),
+                             _mm512_set1_ps(scale));
     __m512i u = _mm512_castps_si512(f);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
@@ -829,7 +822,8 @@ CG_INLINE void group_block_bf16(int bits, const uint8_t *block, const float *sca
                     __m512i two = _mm512_xor_si512(
                         interleave128(c[4 * h + q], c[4 * h + 2 + q], half), sign);
                     int row = 8 * h + 4 * q + 2 * half;
-                    store_row_bf16(out + row * row_stride, _mm512_castsi512_si256(two), scales[row]);
+                    store_row_bf16(out + row * row_stride, _mm512_castsi512_si256(two),
+                                   scales[row]);
                     store_row_bf16(out + (row + 1) * row_stride, _mm512_extracti64x4_epi64(two, 1),
                                    scales[row + 1]);
                 }
@@ -861,23 +855,24 @@ CG_INLINE void group_block_bf16(int bits, const uint8_t *block, const float *sca
 
 /* Portable form of the same arithmetic (CPUs without VNNI; tests compare the two). */
 static void groups_rows_scalar(const groups_args *a, int64_t begin, int64_t end) {
-    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(a->bits);
+    const int64_t k = a->K, nb = k / CG_BLOCK, runs = group_runs(a->bits);
     for (int64_t g = begin; g < end; g++)
         for (int64_t m = 0; m < a->M; m++)
             for (int r = 0; r < CG_GROUP; r++) {
                 float acc = 0.0f;
                 for (int64_t b = 0; b < nb; b++) {
-                    const uint8_t *w = a->values + (g * nb + b) * chunks * 64 + r * 4;
+                    const uint8_t *w = a->values + (g * nb + b) * runs * 64 + r * 4;
                     const int8_t *x = a->xq + m * k + b * CG_BLOCK;
                     int32_t s = 0;
-                    for (int c = 0; c < chunks; c++)
+                    for (int c = 0; c < runs; c++)
                         for (int j = 0; j < 4; j++) {
                             uint8_t v = w[c * 64 + j];
                             if (a->bits == 8) s += (int32_t)v * x[4 * c + j];
                             else s += (v & 0x0F) * x[4 * c + j] + (v >> 4) * x[16 + 4 * c + j];
                         }
                     s -= a->xs[m * nb + b];
-                    const uint8_t *sp = a->scales + ((g * nb + b) * CG_GROUP + r) * (a->scale_f32 ? 4 : 2);
+                    const uint8_t *sp =
+                        a->scales + ((g * nb + b) * CG_GROUP + r) * (a->scale_f32 ? 4 : 2);
                     acc += (float)s * load_scale(sp, a->scale_f32) * a->xd[m * nb + b];
                 }
                 a->y[m * a->N + g * CG_GROUP + r] = acc;
@@ -929,10 +924,10 @@ int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *sc
 
 static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
     groups_args *a = (groups_args *)p;
-    const int64_t k = a->K, nb = k / CG_BLOCK, chunks = group_chunks(a->bits);
+    const int64_t k = a->K, nb = k / CG_BLOCK, runs = group_runs(a->bits);
     for (int64_t g = begin; g < end; g++)
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *block = a->values + (g * nb + b) * chunks * 64;
+            const uint8_t *block = a->values + (g * nb + b) * runs * 64;
             float scales[CG_GROUP];
             for (int r = 0; r < CG_GROUP; r++)
                 scales[r] = load_scale(
@@ -947,7 +942,7 @@ static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
 #endif
             for (int r = 0; r < CG_GROUP; r++) {
                 float values[CG_BLOCK];
-                for (int c = 0; c < chunks; c++)
+                for (int c = 0; c < runs; c++)
                     for (int j = 0; j < 4; j++) {
                         uint8_t v = block[c * 64 + r * 4 + j];
                         if (a->bits == 8) {
