@@ -72,7 +72,9 @@ def accelerate(
     started = time.perf_counter()
     regrouped = prepare_for_kernels(model, row_groups=native.row_groups)
     layout_seconds = time.perf_counter() - started
-    note = f"C kernels; {regrouped} weights regrouped for byte dot products" if regrouped else ""
+    note = "C kernels"
+    if regrouped:
+        note += f"; {regrouped} weights regrouped for byte dot products"
     attach_backend(model, backend)
     model.compute_dtype = torch.float32
     torch.set_num_threads(1)  # process-wide: PyTorch's own pool would fight the kernels'
@@ -82,7 +84,7 @@ def accelerate(
         native.build_seconds,
         layout_seconds,
         regrouped,
-        note or "C kernels",
+        note,
         native,
         backend,
     )

@@ -140,13 +140,13 @@ class NativeKernels:
         if x.dim() != 2 or x.shape[1] != weight.shape[1]:
             shapes = f"x {list(x.shape)}, weight {list(weight.shape)}"
             raise ValueError(f"matvec rejected shapes {shapes}")
-        if isinstance(weight, RowGroups):
-            return self._matvec_groups(x, weight, portable)
         M, K = x.shape
-        layout = _layout(weight)
         N = weight.shape[0]
         x = x.contiguous()
         y = torch.empty((M, N), dtype=torch.float32)
+        if isinstance(weight, RowGroups):
+            return self._matvec_groups(x, weight, y, portable)
+        layout = _layout(weight)
         # int8 copy of x plus one float scale per block (for the integer dot products), or a
         # bfloat16 copy of x (for bfloat16 dot products)
         scratch = self._scratch_bytes(M * K * 2 + M * (K // BLOCK) * 4 + 64)
@@ -170,11 +170,10 @@ class NativeKernels:
             self._scratch = torch.empty(size, dtype=torch.uint8)
         return self._scratch
 
-    def _matvec_groups(self, x: torch.Tensor, weight: RowGroups, portable: bool) -> torch.Tensor:
-        M, K = x.shape
-        N = weight.shape[0]
-        x = x.contiguous()
-        y = torch.empty((M, N), dtype=torch.float32)
+    def _matvec_groups(
+        self, x: torch.Tensor, weight: RowGroups, y: torch.Tensor, portable: bool
+    ) -> torch.Tensor:
+        (M, K), N = x.shape, weight.shape[0]
         # int8 copy of x, a float scale and an int32 block sum per block of 32
         scratch = self._scratch_bytes(M * K + M * (K // BLOCK) * 8 + 64)
         status = self._lib.cg_matvec_groups(
