@@ -260,8 +260,12 @@ class GemmaForCausalLM(nn.Module):
         # The scale is rounded to the activation dtype first, as the reference does.
         x = x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
         rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, rope, mask, cache, i, start)
+        step = embed.backend.step_for(self, x, cache) if embed.backend is not None else None
+        if step is not None:  # one token per sequence, every layer in one native call
+            x = step.run(self, x, rope, pad, cache, start)
+        else:
+            for i, layer in enumerate(self.model.layers):
+                x = layer(x, rope, mask, cache, i, start)
         if cache is not None:
             cache.length = start + input_ids.shape[1]
         if logits_positions is None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
+from codegemma.quant.decode_step import DecodeStep
 from codegemma.quant.native import MAX_ROWS, NativeKernels
 from codegemma.quant.row_groups import GROUP, RowGroups
 
@@ -38,6 +39,10 @@ class NativeBackend:
     def __init__(self, kernels: NativeKernels, fast_bf16_gemm: bool) -> None:
         self.kernels = kernels
         self.fast_bf16_gemm = fast_bf16_gemm  # CPUs with bf16 matrix units: GEMM in bf16
+        # one new token per sequence: the whole decoder stack in one C call (switch off with
+        # `fused_decode = False` to run every layer through PyTorch around the same kernels)
+        self.fused_decode = True
+        self.decode_step = DecodeStep(kernels)
         self._scratch = torch.empty(0, dtype=torch.float32)
 
     def linear(self, x: torch.Tensor, weight: Weight) -> torch.Tensor:
@@ -70,6 +75,12 @@ class NativeBackend:
         for start, stop in self._slices(weight):
             out[..., start:stop] = self._slice_product(x, weight, start, stop)
         return out
+
+    def step_for(self, model, x: torch.Tensor, cache) -> DecodeStep | None:
+        """The C decode step if it serves this forward pass (see DecodeStep.serves)."""
+        if self.fused_decode and self.decode_step.serves(model, x, cache):
+            return self.decode_step
+        return None
 
     def fuses_mlp(self, x: torch.Tensor, gate: Weight, up: Weight) -> bool:
         """True when `gated_hidden` serves this input: a prompt (T > 1) through quantized

@@ -469,7 +469,9 @@ CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int
     if (a->kind == 16) {
         /* as many rows at once as the accumulators and weights fit in registers */
 #ifdef CG_BF16_DOT
-        const int R = M <= 2 ? 4 : M <= 4 ? 3 : 2;
+        /* one input row: one weight row at a time streams fastest (4 rows 4 KB apart read
+         * ~8% slower, measured); the arithmetic per row is the same for every R */
+        const int R = M == 1 ? 1 : M <= 2 ? 4 : M <= 4 ? 3 : 2;
 #elif defined(__AVX512F__)
         const int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #else

@@ -22,7 +22,8 @@ import torch
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
 from codegemma.quant.row_groups import RowGroups
 
-SOURCE = Path(__file__).with_name("kernels.c")
+# the matrix-vector kernels, and the whole-stack decode step built on them
+SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("decode_step.c"))
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-std=c11"]
 MAX_ROWS = 8  # the kernels serve up to this many input rows (decode batches)
 _KIND = {torch.bfloat16: 16, Int8Blocks: 8, Int4Blocks: 4}
@@ -45,9 +46,8 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise KernelUnavailable("no C compiler (cc/gcc) found")
-    source = SOURCE.read_bytes()
     key = hashlib.sha256(
-        source
+        b"".join(path.read_bytes() for path in SOURCES)
         + " ".join(FLAGS).encode()
         + compiler.encode()
         + platform.machine().encode()
@@ -64,14 +64,15 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
         partial = Path(tmp) / target.name
         try:
             result = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
+                [compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)],
                 capture_output=True,
                 text=True,
             )
         except OSError as exc:
             raise KernelUnavailable(f"cannot run the C compiler {compiler}: {exc}") from exc
         if result.returncode != 0:
-            raise KernelUnavailable(f"compiling {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+            names = " + ".join(path.name for path in SOURCES)
+            raise KernelUnavailable(f"compiling {names} failed:\n{result.stderr[-2000:]}")
         os.replace(partial, target)  # atomic: concurrent builders never see a partial file
     return target, time.perf_counter() - started
 
@@ -109,6 +110,10 @@ class NativeKernels:
         lib.cg_matvec_groups.argtypes = [p, i32, p, p, i32, p, p, i64, i64, i64, p, i32]
         lib.cg_dequantize_groups.restype = i32
         lib.cg_dequantize_groups.argtypes = [p, i32, p, p, i32, p, i32, i64, i64]
+        lib.cg_decode_work_floats.restype = i64
+        lib.cg_decode_work_floats.argtypes = [p, i64, i64]
+        lib.cg_decode_layers.restype = i32
+        lib.cg_decode_layers.argtypes = [p, p, i64, p, p, i64, p, p, p, p, i64, p, p, p]
         self.vectorized = bool(lib.cg_has_avx2())
         # bfloat16 weights meet activations rounded to bfloat16 (AVX512-BF16 CPUs)
         self.bf16_activations = bool(lib.cg_bf16_dot())
@@ -164,6 +169,51 @@ class NativeKernels:
         if status != 0:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
+
+    def decode_work_floats(self, dims, rows: int, slot: int) -> int:
+        """Floats of work memory `decode_layers` needs (dims: a decode_step._Dims)."""
+        return self._lib.cg_decode_work_floats(ctypes.byref(dims), rows, slot)
+
+    def decode_layers(
+        self,
+        layers,
+        count: int,
+        dims,
+        x: torch.Tensor,
+        rows: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cache_offset: int,
+        slot: int,
+        first: torch.Tensor,
+        work: torch.Tensor,
+        widest_input: int,
+    ) -> None:
+        """Run `rows` rows of x through `count` layers in place (decode_step.c). x, cos, sin and
+        first start at the first row; the caches' rows start `cache_offset` floats in."""
+        # a matvec's scratch for the widest input (see `matvec`)
+        width = widest_input
+        scratch = self._scratch_bytes(rows * width * 2 + rows * (width // BLOCK) * 8 + 64)
+        status = self._lib.cg_decode_layers(
+            self._pool,
+            layers,
+            count,
+            ctypes.byref(dims),
+            x.data_ptr(),
+            rows,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            keys.data_ptr() + cache_offset * 4,
+            values.data_ptr() + cache_offset * 4,
+            slot,
+            first.data_ptr(),
+            work.data_ptr(),
+            scratch.data_ptr(),
+        )
+        if status != 0:
+            raise ValueError("the decode step rejected its arguments")
 
     def _scratch_bytes(self, size: int) -> torch.Tensor:
         if self._scratch.numel() < size:

@@ -1,0 +1,206 @@
+/* One decode step of the whole decoder stack in C: for M <= 8 sequences with one new token each,
+ * every layer's norms, projections, rotary positions, KV-cache write, attention, GeGLU and
+ * residual adds, in one call from Python (the per-op overhead of ~50 small PyTorch calls per
+ * layer is most of a quantized step's time outside the matrix-vector kernels).
+ *
+ * Projections go through the same entry points as a plain `matvec` (kernels.c), so they give
+ * the same numbers; the rest follows the PyTorch reference's order of operations in float32.
+ * Every sequence is computed on its own (attention reads only its own cache row), so its
+ * numbers never depend on the batch it came in. Attention and element-wise work run on the
+ * calling thread; the projections use the pool.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct cg_pool cg_pool;
+int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
+              int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
+              int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
+              void *scratch);
+int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *scales,
+                     int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
+                     void *scratch, int portable);
+
+#define CG_GROUPS_KIND 100 /* kind 100 + bits: a weight regrouped 16 rows at a time */
+
+/* A weight as `matvec` reads it: (rows, cols), kind 16 (bfloat16 rows), 8 / 4 (block rows with
+ * byte strides) or 108 / 104 (row groups). */
+typedef struct {
+    int64_t kind;
+    const void *values, *scales;
+    int64_t value_row, value_block, scale_row, scale_block, scale_f32;
+    int64_t rows, cols;
+} cg_weight;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm; /* (hidden,) float32: 1 + the norm's weight */
+    cg_weight q, k, v, o, gate, up, down;
+} cg_layer;
+
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_dim, intermediate;
+    int64_t capacity;      /* cache slots per (row, kv head) */
+    int64_t layer_stride;  /* floats from one layer's cache to the next */
+    int64_t row_stride;    /* floats from one batch row's cache to the next */
+    float eps, scale;      /* RMSNorm epsilon, attention scale */
+} cg_dims;
+
+static int project(cg_pool *pool, const cg_weight *w, const float *x, float *y, int64_t M,
+                   void *scratch) {
+    if (w->kind > CG_GROUPS_KIND)
+        return cg_matvec_groups(pool, (int)(w->kind - CG_GROUPS_KIND), w->values, w->scales,
+                                (int)w->scale_f32, x, y, M, w->rows, w->cols, scratch, 0);
+    return cg_matvec(pool, (int)w->kind, w->values, w->value_row, w->value_block, w->scales,
+                     w->scale_row, w->scale_block, (int)w->scale_f32, x, y, M, w->rows, w->cols,
+                     scratch);
+}
+
+/* Sum of a[i] * b[i] in 16 lanes, then the lanes pairwise (the compiler vectorizes it). */
+static float dot(const float *a, const float *b, int64_t n) {
+    float lanes[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lanes[j] += a[i + j] * b[i + j];
+    for (int width = 8; width >= 1; width /= 2)
+        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
+    float sum = lanes[0];
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * scale, as the reference: float32, scale = 1 + weight. */
+static void rms_norm(const float *x, const float *scale, float *out, int64_t n, float eps) {
+    float mean = dot(x, x, n) / (float)n;
+    float r = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] * r) * scale[i];
+}
+
+/* e^x for every element, Cephes-style: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2]
+ * (relative error ~1e-7); inputs clamped to the finite range. Loops vectorize. */
+static void exp_in_place(float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = v[i] < -87.0f ? -87.0f : v[i] > 88.0f ? 88.0f : v[i];
+        float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x/ln2) */
+        float r = x - k * 0.693359375f;
+        r = r - k * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        union {
+            int32_t i;
+            float f;
+        } two_k = {.i = ((int32_t)k + 127) << 23};
+        v[i] = p * two_k.f;
+    }
+}
+
+/* gate = gelu_tanh(gate) * up, with tanh(u) = 1 - 2 / (e^(2u) + 1). `tmp` holds n floats. */
+static void gelu_times(float *gate, const float *up, float *tmp, int64_t n) {
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int64_t i = 0; i < n; i++) {
+        float x = gate[i];
+        tmp[i] = 2.0f * (c * (x + 0.044715f * x * x * x));
+    }
+    exp_in_place(tmp, n);
+    for (int64_t i = 0; i < n; i++) {
+        float t = 1.0f - 2.0f / (tmp[i] + 1.0f);
+        gate[i] = (0.5f * gate[i] * (1.0f + t)) * up[i];
+    }
+}
+
+/* Rotate one head vector by the half-split convention: x * cos + rotate_half(x) * sin. */
+static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
+    int64_t half = hd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cos[i] + -b * sin[i];
+        v[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+/* One sequence's attention for query heads (heads, hd) over its cache slots [first, last]:
+ * softmax(q k^T * scale) v per head; a kv head serves heads / kv_heads query heads. */
+static void attend(const cg_dims *d, const float *q, const float *keys, const float *values,
+                   int64_t first, int64_t last, float *scores, float *out) {
+    int64_t hd = d->head_dim, group = d->heads / d->kv_heads, n = last - first + 1;
+    for (int64_t h = 0; h < d->heads; h++) {
+        const float *k = keys + (h / group) * d->capacity * hd + first * hd;
+        const float *v = values + (h / group) * d->capacity * hd + first * hd;
+        const float *qh = q + h * hd;
+        float top = -INFINITY;
+        for (int64_t s = 0; s < n; s++) {
+            scores[s] = dot(qh, k + s * hd, hd) * d->scale;
+            top = scores[s] > top ? scores[s] : top;
+        }
+        for (int64_t s = 0; s < n; s++) scores[s] -= top;
+        exp_in_place(scores, n);
+        float total = 0.0f;
+        for (int64_t s = 0; s < n; s++) total += scores[s];
+        float *o = out + h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int64_t s = 0; s < n; s++) {
+            float p = scores[s] / total;
+            for (int64_t j = 0; j < hd; j++) o[j] += p * v[s * hd + j];
+        }
+    }
+}
+
+/* Floats of `work` that cg_decode_layers needs for M rows and `slot` + 1 cached tokens. */
+int64_t cg_decode_work_floats(const cg_dims *d, int64_t M, int64_t slot) {
+    int64_t qw = d->heads * d->head_dim, kvw = d->kv_heads * d->head_dim;
+    return M * (2 * d->hidden + 2 * qw + 2 * kvw + 3 * d->intermediate) + slot + 1 + 64;
+}
+
+/* x (M, hidden) float32 goes through every layer in place; the new token of row m sits at
+ * cache slot `slot` with position tables cos/sin (M, head_dim) and attends to slots
+ * [first[m], slot]. keys/values point at layer 0, row 0 of float32 caches laid out (layers,
+ * rows, kv_heads, capacity, head_dim) with the strides in `d`. `work` holds
+ * cg_decode_work_floats floats; `scratch` the bytes a matvec on `intermediate` inputs needs.
+ * Returns 0, or the first failing projection's status. */
+int cg_decode_layers(cg_pool *pool, const cg_layer *layers, int64_t nlayers, const cg_dims *d,
+                     float *x, int64_t M, const float *cos, const float *sin, float *keys,
+                     float *values, int64_t slot, const int64_t *first, float *work,
+                     void *scratch) {
+    int64_t D = d->hidden, hd = d->head_dim, I = d->intermediate;
+    int64_t qw = d->heads * hd, kvw = d->kv_heads * hd;
+    float *h = work, *q = h + M * D, *k = q + M * qw, *v = k + M * kvw, *att = v + M * kvw;
+    float *proj = att + M * qw, *gate = proj + M * D, *up = gate + M * I, *tmp = up + M * I;
+    float *scores = tmp + M * I;
+    for (int64_t l = 0; l < nlayers; l++) {
+        const cg_layer *L = &layers[l];
+        float *lk = keys + l * d->layer_stride, *lv = values + l * d->layer_stride;
+        for (int64_t m = 0; m < M; m++) rms_norm(x + m * D, L->attn_norm, h + m * D, D, d->eps);
+        int status = project(pool, &L->q, h, q, M, scratch);
+        if (!status) status = project(pool, &L->k, h, k, M, scratch);
+        if (!status) status = project(pool, &L->v, h, v, M, scratch);
+        if (status) return status;
+        for (int64_t m = 0; m < M; m++) {
+            const float *c = cos + m * hd, *s = sin + m * hd;
+            for (int64_t head = 0; head < d->heads; head++) rope(q + m * qw + head * hd, c, s, hd);
+            for (int64_t g = 0; g < d->kv_heads; g++) {
+                float *kg = k + m * kvw + g * hd;
+                rope(kg, c, s, hd);
+                int64_t at = m * d->row_stride + g * d->capacity * hd + slot * hd;
+                memcpy(lk + at, kg, (size_t)hd * sizeof(float));
+                memcpy(lv + at, v + m * kvw + g * hd, (size_t)hd * sizeof(float));
+            }
+            int64_t from = first[m] < slot ? first[m] : slot;
+            attend(d, q + m * qw, lk + m * d->row_stride, lv + m * d->row_stride, from, slot,
+                   scores, att + m * qw);
+        }
+        if ((status = project(pool, &L->o, att, proj, M, scratch))) return status;
+        for (int64_t i = 0; i < M * D; i++) x[i] = x[i] + proj[i];
+        for (int64_t m = 0; m < M; m++) rms_norm(x + m * D, L->mlp_norm, h + m * D, D, d->eps);
+        if ((status = project(pool, &L->gate, h, gate, M, scratch))) return status;
+        if ((status = project(pool, &L->up, h, up, M, scratch))) return status;
+        gelu_times(gate, up, tmp, M * I);
+        if ((status = project(pool, &L->down, gate, proj, M, scratch))) return status;
+        for (int64_t i = 0; i < M * D; i++) x[i] = x[i] + proj[i];
+    }
+    return 0;
+}
