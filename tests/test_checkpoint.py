@@ -1,6 +1,8 @@
 """Loading checkpoints: memory-mapped, strict about every key and shape, clear about problems."""
 
 import json
+import mmap
+import os
 import shutil
 
 import pytest
@@ -35,6 +37,31 @@ def test_weights_are_views_of_the_file_not_copies(mqa_checkpoint):
     assign_weights(model, state, torch.float32, torch.device("cpu"))
     for name, param in model.named_parameters():
         assert param.data_ptr() == state[name].data_ptr(), name
+
+
+def _mapping_flags(path) -> list[str]:
+    """VmFlags of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    flags, current = [], None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+                current = fields[5] if len(fields) > 5 else None
+            elif fields[0] == "VmFlags:" and current == str(path):
+                flags.append(fields[1:])
+    return flags
+
+
+@pytest.mark.skipif(
+    not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"),
+    reason="needs Linux madvise and /proc",
+)
+def test_checkpoint_maps_ask_for_huge_pages(mqa_checkpoint):
+    path = (mqa_checkpoint / "model.safetensors").resolve()
+    tensors = load_mapped(path)
+    flags = _mapping_flags(path)
+    assert flags and all("hg" in f for f in flags)  # MADV_HUGEPAGE: 2 MB page-cache pieces
+    del tensors
 
 
 def test_sharded_checkpoint_loads_the_same(mqa_checkpoint, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from codegemma.errors import CheckpointError
+from codegemma.quant.mapped_pages import huge_page_hint
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -92,6 +93,7 @@ def load_mapped(path: str | Path) -> dict[str, torch.Tensor]:
         return {}
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    huge_page_hint(mapped)
     tensors = {}
     for name, (dtype, shape, begin, end) in entries.items():
         count = (end - begin) // dtype.itemsize

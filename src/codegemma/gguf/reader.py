@@ -22,6 +22,7 @@ import torch
 
 from codegemma.errors import CheckpointError
 from codegemma.gguf.ggml_types import GGML_TYPES, GGMLType
+from codegemma.quant.mapped_pages import huge_page_hint
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # version 1 used 32-bit counts and is long obsolete
@@ -145,6 +146,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
                 _check_magic(path, head)
                 raise GGUFError(f"{path} is truncated: {size} bytes, too short for a GGUF header")
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            huge_page_hint(mapped)
     except OSError as exc:
         raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
     _check_magic(path, mapped[:4])
