@@ -63,6 +63,8 @@ def assert_close(got, expected):
     worst = (got - expected).abs().amax(-1)  # (steps, B)
     assert worst.max().item() <= 1e-2 * scale
     assert worst.median().item() <= 1e-4 * scale
+
+
 @pytest.mark.parametrize("mode", [None, "int8", "int4"])
 def test_fused_step_matches_the_layer_by_layer_path(trained_checkpoint, mode, monkeypatch):
     lm = codegemma.load(trained_checkpoint, quantize=mode, kernels="native")
