@@ -94,17 +94,21 @@ class DecodeStep:
             return False
         if torch.is_grad_enabled() or x.device.type != "cpu":
             return False
-        if cache.keys.dtype != torch.float32 or not cache.keys.is_contiguous():
-            return False
+        for table in (cache.keys, cache.values):
+            if table.dtype != torch.float32 or not table.is_contiguous():
+                return False
         return self._described(model) is not None
 
     def run(self, model, x, rope, pad, cache, start: int) -> torch.Tensor:
         """x (B, 1, D) after every decoder layer, the new tokens' keys and values written to
-        cache slot `start`. rope: cos, sin (B, 1, 1, hd); pad (B,) or None."""
-        layers = self._described(model)
+        cache slot `start`. rope: cos, sin (B, 1, 1, hd); pad (B,) or None. Called right
+        after `serves` said yes (which checked the model's weights)."""
+        layers = self._layers
+        if layers is None:
+            raise RuntimeError("DecodeStep.run needs a model that `serves` accepted")
         config = model.config
         B, _, D = x.shape
-        L, _, KV, S, hd = cache.keys.shape
+        _, _, KV, S, hd = cache.keys.shape
         dims = _Dims(
             D,
             config.num_attention_heads,
