@@ -12,8 +12,9 @@ import ctypes
 
 import torch
 
+from codegemma.model import Linear, RMSNorm
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
-from codegemma.quant.native import MAX_ROWS, NativeKernels, _layout
+from codegemma.quant.native import MAX_ROWS, NativeKernels, weight_layout
 from codegemma.quant.row_groups import RowGroups
 
 _GROUPS_KIND = 100  # kind 100 + bits: row groups (decode_step.c)
@@ -68,7 +69,7 @@ def _describe(weight) -> _Weight | None:
         weight, Int8Blocks | Int4Blocks
     ):
         return None
-    kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = _layout(weight)
+    kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = weight_layout(weight)
     return _Weight(kind, values, scales, v_row, v_block, s_row, s_block, s_f32, rows, cols)
 
 
@@ -153,8 +154,6 @@ class DecodeStep:
 
     def _described(self, model):
         """The ctypes layer array for `model`'s current weights, or None if unsupported."""
-        from codegemma.model import Linear, RMSNorm
-
         parts = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp

@@ -151,7 +151,7 @@ class NativeKernels:
         y = torch.empty((M, N), dtype=torch.float32)
         if isinstance(weight, RowGroups):
             return self._matvec_groups(x, weight, y, portable)
-        layout = _layout(weight)
+        layout = weight_layout(weight)
         # int8 copy of x plus one float scale per block (for the integer dot products), or a
         # bfloat16 copy of x (for bfloat16 dot products)
         scratch = self._scratch_bytes(M * K * 2 + M * (K // BLOCK) * 4 + 64)
@@ -270,10 +270,10 @@ class NativeKernels:
         if isinstance(weight, torch.Tensor):
             if out.dtype != torch.float32:
                 raise ValueError("a bfloat16 weight widens to float32 only")
-            _, values, v_row, *_ = _layout(weight)
+            _, values, v_row, *_ = weight_layout(weight)
             self._lib.cg_widen_bf16(self._pool, values, v_row, out.data_ptr(), *weight.shape)
             return out
-        kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = _layout(weight)
+        kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = weight_layout(weight)
         N, K = weight.shape
         if out.dtype == torch.bfloat16:
             dequantize = self._lib.cg_dequantize_bf16
@@ -300,7 +300,7 @@ class NativeKernels:
         return out
 
 
-def _layout(weight) -> tuple:
+def weight_layout(weight) -> tuple:
     """(kind, values ptr, row stride, block stride, scales ptr, row stride, block stride, f32)."""
     if isinstance(weight, torch.Tensor):
         if weight.dtype != torch.bfloat16 or weight.stride(1) != 1:
