@@ -131,3 +131,25 @@ def test_unsupported_models_take_the_layer_path(trained_checkpoint, monkeypatch)
     with torch.enable_grad():  # gradients flow through PyTorch modules only
         lm.model(torch.tensor([[5]]), cache=None)
     assert calls == []
+
+
+def test_a_full_cache_is_refused_as_on_the_layer_path(trained_checkpoint):
+    lm = codegemma.load(trained_checkpoint, kernels="native")
+    config = lm.model.config
+
+    def cache(rows: int, slots: int) -> KVCache:
+        return KVCache(
+            config.num_hidden_layers, rows, 1, slots, config.head_dim, dtype=torch.float32
+        )
+
+    with torch.inference_mode():
+        for fused in (True, False):
+            lm.acceleration.backend.fused_decode = fused
+            full = cache(2, 4)
+            lm.model(torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]]), cache=full)
+            with pytest.raises(ValueError, match="KV cache overflow"):
+                lm.model(torch.tensor([[9], [9]]), cache=full)
+        # the C step writes every row's slot itself: a cache of other rows is refused
+        lm.acceleration.backend.fused_decode = True
+        with pytest.raises(ValueError, match="1 new tokens for a cache of 2 rows"):
+            lm.model(torch.tensor([[9]]), cache=cache(2, 8))

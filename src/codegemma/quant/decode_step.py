@@ -109,7 +109,12 @@ class DecodeStep:
             raise RuntimeError("DecodeStep.run needs a model that `serves` accepted")
         config = model.config
         B, _, D = x.shape
-        _, _, KV, S, hd = cache.keys.shape
+        _, rows_cached, KV, S, hd = cache.keys.shape
+        # the C code writes slot `start` of every row: check what cache.write would
+        if start + 1 > S:
+            raise ValueError(f"KV cache overflow: {start + 1} slots needed, capacity {S}")
+        if rows_cached != B or (pad is not None and pad.shape != (B,)):
+            raise ValueError(f"{B} new tokens for a cache of {rows_cached} rows")
         dims = _Dims(
             D,
             config.num_attention_heads,
