@@ -152,9 +152,7 @@ class NativeKernels:
         if isinstance(weight, RowGroups):
             return self._matvec_groups(x, weight, y, portable)
         layout = weight_layout(weight)
-        # int8 copy of x plus one float scale per block (for the integer dot products), or a
-        # bfloat16 copy of x (for bfloat16 dot products)
-        scratch = self._scratch_bytes(M * K * 2 + M * (K // BLOCK) * 4 + 64)
+        scratch = self._scratch_bytes(_rows_scratch(M, K))
         status = self._lib.cg_matvec(
             self._pool,
             layout[0],
@@ -193,9 +191,9 @@ class NativeKernels:
     ) -> None:
         """Run `rows` rows of x through `count` layers in place (decode_step.c). x, cos, sin and
         first start at the first row; the caches' rows start `cache_offset` floats in."""
-        # a matvec's scratch for the widest input (see `matvec`)
-        width = widest_input
-        scratch = self._scratch_bytes(rows * width * 2 + rows * (width // BLOCK) * 8 + 64)
+        # what a projection of the widest input needs, in either layout
+        need = max(_rows_scratch(rows, widest_input), _groups_scratch(rows, widest_input))
+        scratch = self._scratch_bytes(need)
         status = self._lib.cg_decode_layers(
             self._pool,
             layers,
@@ -224,8 +222,7 @@ class NativeKernels:
         self, x: torch.Tensor, weight: RowGroups, y: torch.Tensor, portable: bool
     ) -> torch.Tensor:
         (M, K), N = x.shape, weight.shape[0]
-        # int8 copy of x, a float scale and an int32 block sum per block of 32
-        scratch = self._scratch_bytes(M * K + M * (K // BLOCK) * 8 + 64)
+        scratch = self._scratch_bytes(_groups_scratch(M, K))
         status = self._lib.cg_matvec_groups(
             self._pool,
             weight.bits,
@@ -298,6 +295,18 @@ class NativeKernels:
         if status != 0:
             raise ValueError("dequantize rejected its arguments")
         return out
+
+
+def _rows_scratch(M: int, K: int) -> int:
+    """Scratch bytes of `cg_matvec` for x (M, K): an int8 copy of x plus one float scale per
+    block (for integer dot products), or a bfloat16 copy of x (for bfloat16 dot products)."""
+    return M * K * 2 + M * (K // BLOCK) * 4 + 64
+
+
+def _groups_scratch(M: int, K: int) -> int:
+    """Scratch bytes of `cg_matvec_groups` for x (M, K): an int8 copy of x, a float scale and
+    an int32 block sum per block of 32."""
+    return M * K + M * (K // BLOCK) * 8 + 64
 
 
 def weight_layout(weight) -> tuple:
