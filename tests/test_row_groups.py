@@ -62,6 +62,32 @@ def test_regrouping_keeps_every_value(quantize, layout):
     assert type(back) is type(planar) and torch.equal(back.dequantize(), planar.dequantize())
 
 
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("layout", ["planar", "gguf", "float32 scales"])
+def test_native_regrouping_moves_the_same_bytes(kernels, quantize, layout):
+    # 1040 rows: a full 1024-row slice shared by both threads, then a one-group remainder
+    planar = quantize(weights(1040, 96, seed=11))
+    if layout == "gguf":
+        source = gguf_like(planar)
+    elif layout == "float32 scales":
+        source = dataclasses.replace(planar, scales=planar.scales.float())
+    else:
+        source = planar
+    native = regroup(source, kernels=kernels)
+    reference = regroup(source)
+    assert torch.equal(native.values, reference.values)
+    assert torch.equal(native.scales, reference.scales)
+    assert torch.equal(native.dequantize(), source.dequantize())
+
+
+def test_native_regrouping_refuses_rows_it_cannot_group(kernels):
+    out = torch.empty(1, 2, 16, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="cannot regroup"):
+        kernels.group_rows(torch.zeros(8, 2, 4, dtype=torch.uint8), out, 4)
+    with pytest.raises(ValueError, match="group_rows takes"):
+        kernels.group_rows(torch.zeros(16, 8, dtype=torch.uint8), out, 4)
+
+
 def test_layout_is_sixteen_rows_side_by_side():
     # Row r's int8 bytes of block 0 sit at offset 4r of each 64-byte run, stored as q + 128.
     qs = torch.arange(16 * 32, dtype=torch.int64).remainder(255).sub(127).to(torch.int8)

@@ -70,7 +70,7 @@ def accelerate(
         return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
     backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
     started = time.perf_counter()
-    regrouped = prepare_for_kernels(model, row_groups=native.row_groups)
+    regrouped = prepare_for_kernels(model, row_groups=native.row_groups, kernels=native)
     layout_seconds = time.perf_counter() - started
     note = "C kernels"
     if regrouped:

@@ -57,11 +57,12 @@ def quantize_model(model: GemmaForCausalLM, mode: str, progress=None) -> None:
             progress.update(1)
 
 
-def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool) -> int:
+def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool, kernels=None) -> int:
     """Lay the weights out for the native decode kernels, which stream every weight once per
     token: block-quantized weights regrouped 16 rows at a time when `row_groups` (CPUs with
     byte dot products), on huge pages. Pages of file-mapped sources are released as they are
-    copied, so memory stays at one copy. Returns how many weights were regrouped.
+    copied, so memory stays at one copy. `kernels` (NativeKernels) moves the bytes on every
+    thread. Returns how many weights were regrouped.
 
     bfloat16 weights stay where they are (views of the file): a huge-page copy decodes ~10%
     faster here but costs ~1 s per GB at every start (the kernel compacts memory to find
@@ -78,7 +79,7 @@ def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool) -> int:
     for key, modules in owners.items():
         weight = weights.pop(key)  # the last reference once the modules let go of it
         if can_group(weight):
-            grouped = regroup(weight, mappings)
+            grouped = regroup(weight, mappings, kernels)
             for module in modules:
                 set_weight(module, grouped)
             count += 1

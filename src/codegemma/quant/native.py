@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
-from codegemma.quant.row_groups import RowGroups
+from codegemma.quant.row_groups import GROUP, RowGroups
 
 # the matrix-vector kernels, and the whole-stack decode step built on them
 SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("decode_step.c"))
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-std=c11"]
+OPENMP_FLAG = "-fopenmp"  # tried first; compilers without OpenMP build the library without it
 MAX_ROWS = 8  # the kernels serve up to this many input rows (decode batches)
 _KIND = {torch.bfloat16: 16, Int8Blocks: 8, Int4Blocks: 4}
 
@@ -48,7 +49,7 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
         raise KernelUnavailable("no C compiler (cc/gcc) found")
     key = hashlib.sha256(
         b"".join(path.read_bytes() for path in SOURCES)
-        + " ".join(FLAGS).encode()
+        + " ".join([*FLAGS, OPENMP_FLAG]).encode()
         + compiler.encode()
         + platform.machine().encode()
         + _cpu_signature().encode()
@@ -62,14 +63,17 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
-        try:
-            result = subprocess.run(
-                [compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)],
-                capture_output=True,
-                text=True,
-            )
-        except OSError as exc:
-            raise KernelUnavailable(f"cannot run the C compiler {compiler}: {exc}") from exc
+        for flags in ([*FLAGS, OPENMP_FLAG], FLAGS):
+            try:
+                result = subprocess.run(
+                    [compiler, *flags, *map(str, SOURCES), "-lm", "-o", str(partial)],
+                    capture_output=True,
+                    text=True,
+                )
+            except OSError as exc:
+                raise KernelUnavailable(f"cannot run the C compiler {compiler}: {exc}") from exc
+            if result.returncode == 0:
+                break
         if result.returncode != 0:
             names = " + ".join(path.name for path in SOURCES)
             raise KernelUnavailable(f"compiling {names} failed:\n{result.stderr[-2000:]}")
@@ -93,7 +97,11 @@ class NativeKernels:
 
     def __init__(self, threads: int, verbose: bool = False) -> None:
         path, self.build_seconds = build_library(verbose)
+        runtimes_before = openmp_runtimes()
         lib = ctypes.CDLL(str(path))
+        # prompt-time widening may run on PyTorch's OpenMP threads only when loading the
+        # library brought no second OpenMP runtime into the process (see prompt_run)
+        shared = shares_openmp_runtime(runtimes_before, openmp_runtimes())
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.cg_pool_create.restype = p
         lib.cg_pool_create.argtypes = [i32]
@@ -110,6 +118,8 @@ class NativeKernels:
         lib.cg_matvec_groups.argtypes = [p, i32, p, p, i32, p, p, i64, i64, i64, p, i32]
         lib.cg_dequantize_groups.restype = i32
         lib.cg_dequantize_groups.argtypes = [p, i32, p, p, i32, p, i32, i64, i64]
+        lib.cg_group_rows.restype = i32
+        lib.cg_group_rows.argtypes = [p, p, i64, i64, i64, i64, i32, ctypes.c_uint32, p, i64]
         lib.cg_decode_work_floats.restype = i64
         lib.cg_decode_work_floats.argtypes = [p, i64, i64]
         lib.cg_decode_layers.restype = i32
@@ -122,9 +132,26 @@ class NativeKernels:
         self._lib = lib
         self.threads = threads
         self._pool = lib.cg_pool_create(threads)
+        lib.cg_pool_share_openmp.argtypes = [p, i32]
+        lib.cg_has_openmp.restype = i32
+        self._shares_openmp = False
+        self.shares_openmp = shared and bool(lib.cg_has_openmp())
         # activations in int8 / bfloat16 for one call, reused (calls come from one thread,
         # as the pool takes one task at a time)
         self._scratch = torch.empty(0, dtype=torch.uint8)
+
+    @property
+    def shares_openmp(self) -> bool:
+        """Whether prompt-time widening runs on PyTorch's OpenMP threads (else on the pool).
+        Switchable; the numbers are the same either way."""
+        return self._shares_openmp
+
+    @shares_openmp.setter
+    def shares_openmp(self, on: bool) -> None:
+        if on and not self._lib.cg_has_openmp():
+            raise ValueError("the kernels were built without OpenMP")
+        self._lib.cg_pool_share_openmp(self._pool, int(on))
+        self._shares_openmp = bool(on)
 
     def close(self) -> None:
         if getattr(self, "_pool", None):
@@ -241,6 +268,41 @@ class NativeKernels:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
 
+    def group_rows(self, rows: torch.Tensor, out: torch.Tensor, word: int, flip: int = 0) -> None:
+        """Regroup `rows` (16 G, blocks, block bytes) into `out`, contiguous (G, words, 16) of
+        `word`-byte words (2 or 4) with words = blocks * block bytes / word: word w of row
+        16g + r lands at out[g, w, r], xor `flip`. The rows' last dimension must be
+        contiguous; rows and blocks may lie any number of bytes apart."""
+        if rows.dim() != 3:
+            raise ValueError(
+                f"group_rows takes (rows, blocks, block bytes), not {list(rows.shape)}"
+            )
+        size = rows.element_size()
+        count, blocks, block_bytes = rows.shape[0], rows.shape[1], rows.shape[2] * size
+        words = blocks * block_bytes // word
+        if (
+            rows.stride(2) != 1
+            or block_bytes % word
+            or count % GROUP
+            or not out.is_contiguous()
+            or out.numel() * out.element_size() != count * words * word
+        ):
+            raise ValueError(f"cannot regroup rows {list(rows.shape)} into {list(out.shape)}")
+        status = self._lib.cg_group_rows(
+            self._pool,
+            rows.data_ptr(),
+            rows.stride(0) * size,
+            rows.stride(1) * size,
+            block_bytes // word,
+            blocks,
+            word,
+            flip,
+            out.data_ptr(),
+            count,
+        )
+        if status != 0:
+            raise ValueError("group_rows rejected its arguments")
+
     def dequantize(
         self, weight: torch.Tensor | Int8Blocks | Int4Blocks | RowGroups, out: torch.Tensor
     ) -> torch.Tensor:
@@ -295,6 +357,28 @@ class NativeKernels:
         if status != 0:
             raise ValueError("dequantize rejected its arguments")
         return out
+
+
+def openmp_runtimes(maps_path: Path = Path("/proc/self/maps")) -> set[str]:
+    """Files of OpenMP runtimes (GNU, Intel, LLVM) mapped into this process (Linux; elsewhere
+    empty)."""
+    try:
+        lines = maps_path.read_text().splitlines()
+    except OSError:
+        return set()
+    fields = (line.split(maxsplit=5) for line in lines)
+    paths = {parts[5].strip() for parts in fields if len(parts) == 6}
+    return {path for path in paths if Path(path).name.startswith(("libgomp", "libiomp", "libomp"))}
+
+
+def shares_openmp_runtime(before: set[str], after: set[str]) -> bool:
+    """True when loading the kernels mapped no new OpenMP runtime (their `libgomp.so.1` is one
+    already loaded, by PyTorch) and PyTorch cannot be on another runtime (no Intel or LLVM
+    one is mapped): the kernels' OpenMP work then runs on PyTorch's own threads. Other
+    libraries may carry private, renamed copies of libgomp; those never serve the kernels."""
+    gnu = any(Path(path).name.startswith("libgomp") for path in before)
+    others = any(not Path(path).name.startswith("libgomp") for path in after)
+    return gnu and not others and after == before
 
 
 def _rows_scratch(M: int, K: int) -> int:
