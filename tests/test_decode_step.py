@@ -105,6 +105,18 @@ def test_fused_batches_equal_single_runs_beyond_eight_rows(trained_checkpoint, m
         assert torch.equal(together[:, row], alone[:, 0]), row
 
 
+@pytest.mark.parametrize("checkpoint", ["trained_checkpoint", "mha_checkpoint"])
+def test_attention_split_between_threads_keeps_every_number(checkpoint, request):
+    # the heads of a step are shared between threads (5: shares that cut through the heads
+    # of one key/value head); each head's arithmetic stays the same as on one thread
+    path = request.getfixturevalue(checkpoint)
+    logits = [
+        decode_logits(codegemma.load(path, threads=n, kernels="native"), PROMPTS, 4, True)
+        for n in (1, 5)
+    ]
+    assert torch.equal(logits[0], logits[1])
+
+
 def test_generation_is_unchanged_by_the_switch(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="native")
     fused = lm.generate(PROMPTS, max_new_tokens=10)

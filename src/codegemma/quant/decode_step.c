@@ -6,8 +6,8 @@
  * Projections go through the same entry points as a plain `matvec` (kernels.c), so they give
  * the same numbers; the rest follows the PyTorch reference's order of operations in float32.
  * Every sequence is computed on its own (attention reads only its own cache row), so its
- * numbers never depend on the batch it came in. Attention and element-wise work run on the
- * calling thread; the projections use the pool.
+ * numbers never depend on the batch it came in. The projections and attention use the pool;
+ * element-wise work runs on the calling thread.
  */
 #include <math.h>
 #include <stdint.h>
@@ -18,6 +18,8 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
               int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
               int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
               void *scratch);
+void cg_pool_split(cg_pool *pool, void (*fn)(void *, int64_t, int64_t), void *args,
+                   int64_t count);
 int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *scales,
                      int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
                      void *scratch, int portable);
@@ -123,37 +125,67 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
     }
 }
 
-/* One sequence's attention for query heads (heads, hd) over its cache slots [first, last]:
- * softmax(q k^T * scale) v per head; a kv head serves heads / kv_heads query heads. */
-static void attend(const cg_dims *d, const float *q, const float *keys, const float *values,
-                   int64_t first, int64_t last, float *scores, float *out) {
-    int64_t hd = d->head_dim, group = d->heads / d->kv_heads, n = last - first + 1;
-    for (int64_t h = 0; h < d->heads; h++) {
-        const float *k = keys + (h / group) * d->capacity * hd + first * hd;
-        const float *v = values + (h / group) * d->capacity * hd + first * hd;
-        const float *qh = q + h * hd;
-        float top = -INFINITY;
-        for (int64_t s = 0; s < n; s++) {
-            scores[s] = dot(qh, k + s * hd, hd) * d->scale;
-            top = scores[s] > top ? scores[s] : top;
-        }
-        for (int64_t s = 0; s < n; s++) scores[s] -= top;
-        exp_in_place(scores, n);
+/* Attention of the new tokens, one item per (row, query head): softmax(q k^T * scale) v over
+ * the row's cache slots [first[m], slot]. Consecutive heads that share a key/value head are
+ * done together, so each cached key and value is read once for all of them (8 query heads
+ * per key/value head in CodeGemma-2B), and the items are split between the pool's threads;
+ * every head's arithmetic, and its order, is the same whoever computes it. */
+typedef struct {
+    const cg_dims *d;
+    const float *q;             /* (M, heads * head_dim) */
+    const float *keys, *values; /* the layer's cache, row 0 */
+    const int64_t *first;
+    int64_t slot;
+    float *scores; /* (M * heads, slot + 1) */
+    float *out;    /* (M, heads * head_dim) */
+} attend_args;
+
+static void attend_heads(const attend_args *a, int64_t m, int64_t h0, int64_t h1) {
+    const cg_dims *d = a->d;
+    int64_t hd = d->head_dim, group = d->heads / d->kv_heads, span = a->slot + 1;
+    int64_t first = a->first[m] < a->slot ? a->first[m] : a->slot, n = a->slot - first + 1;
+    int64_t at = m * d->row_stride + (h0 / group) * d->capacity * hd + first * hd;
+    const float *k = a->keys + at, *v = a->values + at;
+    const float *q = a->q + m * d->heads * hd;
+    float *scores = a->scores + (m * d->heads) * span, *out = a->out + m * d->heads * hd;
+    for (int64_t s = 0; s < n; s++) /* each key read once for the heads h0..h1-1 */
+        for (int64_t h = h0; h < h1; h++)
+            scores[h * span + s] = dot(q + h * hd, k + s * hd, hd) * d->scale;
+    for (int64_t h = h0; h < h1; h++) { /* scores become probabilities */
+        float *row = scores + h * span, top = -INFINITY;
+        for (int64_t s = 0; s < n; s++) top = row[s] > top ? row[s] : top;
+        for (int64_t s = 0; s < n; s++) row[s] -= top;
+        exp_in_place(row, n);
         float total = 0.0f;
-        for (int64_t s = 0; s < n; s++) total += scores[s];
-        float *o = out + h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t s = 0; s < n; s++) {
-            float p = scores[s] / total;
-            for (int64_t j = 0; j < hd; j++) o[j] += p * v[s * hd + j];
+        for (int64_t s = 0; s < n; s++) total += row[s];
+        for (int64_t s = 0; s < n; s++) row[s] /= total;
+        memset(out + h * hd, 0, (size_t)hd * sizeof(float));
+    }
+    for (int64_t s = 0; s < n; s++) /* each value read once for the heads h0..h1-1 */
+        for (int64_t h = h0; h < h1; h++) {
+            float p = scores[h * span + s], *o = out + h * hd;
+            const float *vs = v + s * hd;
+            for (int64_t j = 0; j < hd; j++) o[j] += p * vs[j];
         }
+}
+
+static void attend_task(void *p, int64_t begin, int64_t end) {
+    const attend_args *a = (const attend_args *)p;
+    int64_t heads = a->d->heads, group = heads / a->d->kv_heads;
+    for (int64_t item = begin; item < end;) {
+        int64_t m = item / heads, h0 = item % heads;
+        int64_t h1 = (h0 / group + 1) * group; /* the end of h0's key/value head */
+        if (h1 - h0 > end - item) h1 = h0 + (end - item);
+        attend_heads(a, m, h0, h1);
+        item += h1 - h0;
     }
 }
 
 /* Floats of `work` that cg_decode_layers needs for M rows and `slot` + 1 cached tokens. */
 int64_t cg_decode_work_floats(const cg_dims *d, int64_t M, int64_t slot) {
     int64_t qw = d->heads * d->head_dim, kvw = d->kv_heads * d->head_dim;
-    return M * (2 * d->hidden + 2 * qw + 2 * kvw + 3 * d->intermediate) + slot + 1 + 64;
+    return M * (2 * d->hidden + 2 * qw + 2 * kvw + 3 * d->intermediate) +
+           M * d->heads * (slot + 1) + 64;
 }
 
 /* x (M, hidden) float32 goes through every layer in place; the new token of row m sits at
@@ -189,10 +221,9 @@ int cg_decode_layers(cg_pool *pool, const cg_layer *layers, int64_t nlayers, con
                 memcpy(lk + at, kg, (size_t)hd * sizeof(float));
                 memcpy(lv + at, v + m * kvw + g * hd, (size_t)hd * sizeof(float));
             }
-            int64_t from = first[m] < slot ? first[m] : slot;
-            attend(d, q + m * qw, lk + m * d->row_stride, lv + m * d->row_stride, from, slot,
-                   scores, att + m * qw);
         }
+        attend_args attention = {d, q, lk, lv, first, slot, scores, att};
+        cg_pool_split(pool, attend_task, &attention, M * d->heads);
         if ((status = project(pool, &L->o, att, proj, M, scratch))) return status;
         for (int64_t i = 0; i < M * D; i++) x[i] = x[i] + proj[i];
         for (int64_t m = 0; m < M; m++) rms_norm(x + m * D, L->mlp_norm, h + m * D, D, d->eps);

@@ -424,19 +424,13 @@ void cg_pool_destroy(cg_pool *pool) {
 
 int cg_pool_threads(cg_pool *pool) { return pool->nthreads; }
 
-/* Run fn over [0, rows) split between the caller (part 0) and the workers. */
-static void pool_run(cg_pool *pool, task_fn fn, void *args, int64_t rows) {
-    if (pool->nthreads == 1 || rows < 64) {
-        fn(args, 0, rows);
-        return;
-    }
+/* Run fn over [0, rows) in chunks of `chunk` rows, shared by the caller and the workers. */
+static void pool_dispatch(cg_pool *pool, task_fn fn, void *args, int64_t rows, int64_t chunk) {
     pthread_mutex_lock(&pool->lock);
     pool->fn = fn;
     pool->args = args;
     pool->rows = rows;
-    /* about 8 chunks per thread, at least 16 rows each */
-    int64_t chunk = rows / (8 * (int64_t)pool->nthreads);
-    pool->chunk = chunk < 16 ? 16 : chunk;
+    pool->chunk = chunk;
     __atomic_store_n(&pool->next, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&pool->pending, pool->nthreads - 1, __ATOMIC_RELEASE);
     __atomic_store_n(&pool->generation, pool->generation + 1, __ATOMIC_RELEASE);
@@ -449,6 +443,27 @@ static void pool_run(cg_pool *pool, task_fn fn, void *args, int64_t rows) {
     while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0)
         pthread_cond_wait(&pool->done, &pool->lock);
     pthread_mutex_unlock(&pool->lock);
+}
+
+/* Run fn over [0, rows): about 8 chunks per thread, at least 16 rows each (small tasks run
+ * on the caller alone). */
+static void pool_run(cg_pool *pool, task_fn fn, void *args, int64_t rows) {
+    if (pool->nthreads == 1 || rows < 64) {
+        fn(args, 0, rows);
+        return;
+    }
+    int64_t chunk = rows / (8 * (int64_t)pool->nthreads);
+    pool_dispatch(pool, fn, args, rows, chunk < 16 ? 16 : chunk);
+}
+
+/* Run fn over [0, count) in one contiguous share per thread: for a few large items (the
+ * attention heads of a decode step), where neighbours share data (a key/value head). */
+void cg_pool_split(cg_pool *pool, task_fn fn, void *args, int64_t count) {
+    if (pool->nthreads == 1 || count < 2) {
+        fn(args, 0, count);
+        return;
+    }
+    pool_dispatch(pool, fn, args, count, (count + pool->nthreads - 1) / pool->nthreads);
 }
 
 /* Widening weights for a prompt alternates with PyTorch's GEMMs, which run on PyTorch's
