@@ -1,0 +1,101 @@
+"""Decode speed with a long context: this engine against llama.cpp, on identical weights.
+
+    python benchmarks/context_decode.py [--contexts 4096] [--rounds 1] [--skip ENGINE]
+
+Code completion sends whole files: every new token then attends over thousands of cached
+tokens, and reading that cache becomes part of each step's cost. Each engine, in a fresh
+process, prefills a prompt of the given length (random token ids, the same for every engine)
+and decodes 32 tokens after it; the figure is the median step. Uses the files that
+`benchmarks/speed.py` prepares (and prepares them if missing). Prints a table with the ratio
+to llama.cpp at equal bits and appends it, dated, to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from speed import ENGINES, HERE, REPO, machine, prepare, run, warm_page_cache
+
+PAIRS = [row for row in ENGINES if row[3] is not None]  # (ours, engine, key, peer)
+PEERS = {peer: next(r for r in ENGINES if r[0] == peer) for *_, peer in PAIRS}
+
+
+def decode_after(engine: str, path: Path, context: int, threads: int) -> float | None:
+    """Median decode tok/s after a `context`-token prompt, or None if the engine failed."""
+    cmd = [
+        sys.executable,
+        str(HERE / "speed_worker.py"),
+        engine,
+        str(path),
+        "--threads",
+        str(threads),
+        "--prompts",
+        "",
+        "--decode",
+        "32",
+        "--decode-prompt",
+        str(context),
+    ]
+    try:
+        return json.loads(run(cmd).strip().splitlines()[-1])["decode_tok_s"]
+    except (subprocess.CalledProcessError, ValueError, IndexError, KeyError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/codegemma-bench"))
+    parser.add_argument("--preset", default="codegemma-2b")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[4096])
+    parser.add_argument("--rounds", type=int, default=1, help="every engine this many times")
+    parser.add_argument("--skip", action="append", default=[], help="a row to leave out")
+    parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
+    args = parser.parse_args()
+    files, _ = prepare(args.work / args.preset, args.preset)
+    rows = [r for pair in PAIRS for r in (pair, PEERS[pair[3]]) if r[0] not in args.skip]
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(args.rounds):  # engines in turn, so slow minutes fall on all of them
+        for context in args.contexts:
+            for name, engine, key, _ in rows:
+                warm_page_cache(files[key])
+                speed = decode_after(engine, files[key], context, args.threads)
+                print(name, context, speed, file=sys.stderr)
+                if speed is not None:
+                    best[name, context] = max(speed, best.get((name, context), 0.0))
+    lines = ["| engine | " + " | ".join(f"tok/s at {c}" for c in args.contexts) + " |"]
+    lines.append("|---|" + "---|" * len(args.contexts))
+    for name, *_ in rows:
+        cells = [f"{best[name, c]:.2f}" if (name, c) in best else "n/a" for c in args.contexts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ratios = []
+    for name, _, _, peer in PAIRS:
+        for c in args.contexts:
+            if (name, c) in best and (peer, c) in best:
+                ratios.append(f"- {name} at {c}: {best[name, c] / best[peer, c]:.2f}x {peer}")
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    report = (
+        f"\n## {when} — decode after a long prompt, {args.preset} shapes, "
+        f"{args.threads} threads\n\nMachine: {machine()}. Command: `python "
+        f"benchmarks/context_decode.py --contexts {','.join(map(str, args.contexts))} "
+        f"--rounds {args.rounds}` (median of 32 steps after the prompt; best of the rounds).\n\n"
+        + "\n".join(lines)
+        + "\n\nRatios (same run):\n"
+        + "\n".join(ratios)
+        + "\n"
+    )
+    print(report)
+    if not args.no_append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
