@@ -92,17 +92,24 @@ class NativeBackend:
         """gelu_tanh(x @ gate^T) * (x @ up^T), (B, T, N) in bfloat16: the same numbers as
         two `linear` calls and the product, rounded as the next projection's GEMM rounds its
         input anyway. Built one slice of rows at a time, so neither float32 product ever
-        exists whole (2 x 16 MB fewer at the peak of a 256-token prompt chunk)."""
+        exists whole (2 x 16 MB fewer at the peak of a 256-token prompt chunk); the gate's and
+        the up projection's rows of a slice are widened side by side and meet the input in one
+        GEMM (half the calls, same numbers)."""
         x = x.to(torch.bfloat16)
         hidden = torch.empty(*x.shape[:-1], gate.shape[0], dtype=torch.bfloat16)
         for start, stop in self._slices(gate):
-            activated = self._slice_product(x, gate, start, stop).float()
-            activated = torch.ops.aten.gelu_(activated, approximate="tanh")
-            hidden[..., start:stop] = activated.mul_(self._slice_product(x, up, start, stop))
+            rows = stop - start
+            both = self._buffer((2 * rows, x.shape[-1]), torch.bfloat16)  # gate rows, up rows
+            self.kernels.dequantize(_row_slice(gate, start, stop), both[:rows])
+            self.kernels.dequantize(_row_slice(up, start, stop), both[rows:])
+            product = F.linear(x, both)  # (B, T, 2 rows) bfloat16
+            activated = torch.ops.aten.gelu_(product[..., :rows].float(), approximate="tanh")
+            hidden[..., start:stop] = activated.mul_(product[..., rows:])
         return hidden
 
     def _slices(self, weight: Weight) -> list[tuple[int, int]]:
-        """Row ranges of `weight` whose widened copy fits the scratch memory."""
+        """Row ranges of `weight` whose widened copy fits the scratch memory (in bfloat16,
+        two such slices fit)."""
         n, k = weight.shape
         rows = max(GROUP, max(self.kernels.threads, _SCRATCH_FLOATS // k) // GROUP * GROUP)
         return [(start, min(start + rows, n)) for start in range(0, n, rows)]
