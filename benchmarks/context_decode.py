@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speed import ENGINES, HERE, REPO, machine, prepare, run, warm_page_cache
+from speed import ENGINES, HERE, machine, prepare, publish, run, warm_page_cache
 
 PAIRS = [row for row in ENGINES if row[3] is not None]  # (ours, engine, key, peer)
 PEERS = {peer: next(r for r in ENGINES if r[0] == peer) for *_, peer in PAIRS}
@@ -91,10 +91,7 @@ def main() -> None:
         + "\n".join(ratios)
         + "\n"
     )
-    print(report)
-    if not args.no_append:
-        with open(REPO / "BENCHMARKS.md", "a") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

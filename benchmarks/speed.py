@@ -249,8 +249,13 @@ def main() -> None:
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
         + f".\n\n{table(results)}\n\nRatios (same run):\n{ratios(results)}\n"
     )
+    publish(report, append=not args.no_append)
+
+
+def publish(report: str, append: bool) -> None:
+    """Print a dated report and, with `append`, add it to BENCHMARKS.md."""
     print(report)
-    if not args.no_append:
+    if append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write(report)
 

@@ -43,16 +43,20 @@ def gguf_like(planar):
     return Int4Blocks(raw[..., 2:], scales)
 
 
+def in_layout(planar, layout):
+    """The planar blocks as the named source layout stores them."""
+    if layout == "gguf":
+        return gguf_like(planar)
+    if layout == "float32 scales":
+        return dataclasses.replace(planar, scales=planar.scales.float())
+    return planar
+
+
 @pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
 @pytest.mark.parametrize("layout", ["planar", "gguf", "float32 scales"])
 def test_regrouping_keeps_every_value(quantize, layout):
     planar = quantize(weights(48, 256, seed=1))
-    if layout == "gguf":
-        source = gguf_like(planar)
-    elif layout == "float32 scales":
-        source = dataclasses.replace(planar, scales=planar.scales.float())
-    else:
-        source = planar
+    source = in_layout(planar, layout)
     grouped = regroup(source)
     assert grouped.shape == planar.shape and grouped.scales.dtype == source.scales.dtype
     assert torch.equal(grouped.dequantize(), source.dequantize())
@@ -67,12 +71,7 @@ def test_regrouping_keeps_every_value(quantize, layout):
 def test_native_regrouping_moves_the_same_bytes(kernels, quantize, layout):
     # 1040 rows: a full 1024-row slice shared by both threads, then a one-group remainder
     planar = quantize(weights(1040, 96, seed=11))
-    if layout == "gguf":
-        source = gguf_like(planar)
-    elif layout == "float32 scales":
-        source = dataclasses.replace(planar, scales=planar.scales.float())
-    else:
-        source = planar
+    source = in_layout(planar, layout)
     native = regroup(source, kernels=kernels)
     reference = regroup(source)
     assert torch.equal(native.values, reference.values)
