@@ -65,8 +65,9 @@ def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool, kernels=None)
     thread. Returns how many weights were regrouped.
 
     bfloat16 weights stay where they are (views of the file): a huge-page copy decodes ~10%
-    faster here but costs ~1 s per GB at every start (the kernel compacts memory to find
-    2 MB pages), 5 s for a 2B model."""
+    faster here but costs 1-2 s per GB at every start on the benchmark machine (a virtual
+    machine, where memory a process touches for the first time is slow to come), 5-10 s for a
+    2B model."""
     if not row_groups:
         return 0
     mappings = FileMappings()

@@ -10,9 +10,10 @@ since dropping it would zero it. Linux only; elsewhere `release` does nothing.
 
 Weights the engine copies (regrouped quantized weights) are streamed in full for every token;
 on 2 MB pages the processor's address translation keeps up with that stream (about 8% faster
-decoding measured on int4 weights). `huge_page_empty` asks for them where the system allows;
-the first touch of such memory can be slower (up to about 1 s per GB here, when the kernel
-must compact memory to find 2 MB pages), which is paid once at load.
+decoding measured on int4 weights; 8-20% in later A/B runs). `huge_page_empty` asks for them
+where the system allows. The first touch of fresh memory is paid once at load: on the
+benchmark machine, a virtual machine, 1-2 s per GB in a new process (2.7 GB: 2.2-5.8 s; 0.16 s
+when another process had freed that memory moments before), on huge pages or not.
 
 Weights read in place from a checkpoint's map (bfloat16) get the same from the page cache when
 it holds the file in 2 MB pieces: the kernel then maps them 2 MB at a time. `huge_page_hint`

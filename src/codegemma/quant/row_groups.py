@@ -98,8 +98,8 @@ def regroup(
 ) -> RowGroups:
     """The weight in 16-row groups. With `mappings`, source pages that belong to a file
     mapping are released after each slice (read again from the file if ever touched). With
-    `kernels` (the native kernels' `group_rows`), the bytes move on every thread in C, ~10x
-    faster than PyTorch's strided copy; the bytes are the same either way."""
+    `kernels` (the native kernels' `group_rows`), the bytes move on every thread in C (an int8
+    2B model: 0.62 s against 1.67 s for PyTorch's strided copy); the bytes are the same."""
     _check(can_group(weight), f"cannot regroup a weight of shape {list(weight.shape)}")
     bits = 8 if isinstance(weight, Int8Blocks) else 4
     out, inp = weight.shape
