@@ -12,14 +12,22 @@ to llama.cpp at equal bits and appends it, dated, to BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from speed import ENGINES, HERE, machine, prepare, publish, run, warm_page_cache
+from speed import (
+    ENGINES,
+    HERE,
+    benchmark_parser,
+    machine,
+    prepare,
+    publish,
+    run,
+    warm_page_cache,
+)
 
 PAIRS = [row for row in ENGINES if row[3] is not None]  # (ours, engine, key, peer)
 PEERS = {peer: next(r for r in ENGINES if r[0] == peer) for *_, peer in PAIRS}
@@ -48,19 +56,12 @@ def decode_after(engine: str, path: Path, context: int, threads: int) -> float |
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--work", type=Path, default=Path("/tmp/codegemma-bench"))
-    parser.add_argument("--preset", default="codegemma-2b")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[4096])
-    parser.add_argument("--rounds", type=int, default=1, help="every engine this many times")
-    parser.add_argument("--skip", action="append", default=[], help="a row to leave out")
-    parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     files, _ = prepare(args.work / args.preset, args.preset)
-    rows = [r for pair in PAIRS for r in (pair, PEERS[pair[3]]) if r[0] not in args.skip]
+    pairs = [r for pair in PAIRS for r in (pair, PEERS[pair[3]])]
+    rows = [r for r in pairs if r[0] not in args.skip and r[1] not in args.skip]
     best: dict[tuple[str, int], float] = {}
     for _ in range(args.rounds):  # engines in turn, so slow minutes fall on all of them
         for context in args.contexts:

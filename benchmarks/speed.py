@@ -203,13 +203,27 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({', '.join(simd) or 'no AVX2'})"
 
 
-def main() -> None:
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The options every peer benchmark takes: where the files live, the model shapes, the
+    threads, how many rounds, which engines to leave out, whether to write BENCHMARKS.md."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/codegemma-bench"))
     parser.add_argument("--preset", default="codegemma-2b")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every engine this many times, in turn"
+    )
+    parser.add_argument(
+        "--skip", action="append", default=[], help="an engine or table row to leave out"
+    )
+    parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
+    return parser
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--prompts", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512]
     )
@@ -222,11 +236,6 @@ def main() -> None:
     )
     parser.add_argument("--transformers-decode", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2, help="prefill runs; the fastest counts")
-    parser.add_argument("--skip", action="append", default=[], help="engine to leave out")
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="measure every engine this many times, in turn"
-    )
-    parser.add_argument("--no-append", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     files, timings = prepare(args.work / args.preset, args.preset)
     t_prompts = [int(x) for x in args.transformers_prompts.split(",")]
