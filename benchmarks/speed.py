@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,19 @@ def run(cmd: list[str], **kw) -> str:
     return done.stdout
 
 
+def _current_quantized(directory: Path) -> bool:
+    """Whether `directory` holds a quantized checkpoint in the layout `codegemma quantize`
+    writes now (files of earlier versions load too, but regrouped at every start)."""
+    from codegemma.quant.checkpoint import LAYOUT
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    has_weights = (directory / "model.safetensors").exists()
+    return has_weights and config.get("quantization", {}).get("layout") == LAYOUT
+
+
 def prepare(work: Path, preset: str) -> tuple[dict[str, Path], dict[str, float]]:
     """Every file the engines read, made once and reused; seconds spent converting."""
     files = {"hf": work / "hf"}
@@ -48,7 +62,8 @@ def prepare(work: Path, preset: str) -> tuple[dict[str, Path], dict[str, float]]
     run([sys.executable, str(HERE / "synthetic_model.py"), str(files["hf"]), "--preset", preset])
     for mode in ("int8", "int4"):
         files[mode] = work / mode
-        if not (files[mode] / "model.safetensors").exists():
+        if not _current_quantized(files[mode]):
+            shutil.rmtree(files[mode], ignore_errors=True)
             started = time.perf_counter()
             run(["codegemma", "quantize", str(files["hf"]), str(files[mode]), "--bits", mode[3:]])
             timings[f"quantize {mode}"] = time.perf_counter() - started

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import codegemma
 from codegemma.checkpoint.assign import assign_weights
 from codegemma.checkpoint.hf_dir import load_hf_weights
 from codegemma.checkpoint.hub import resolve_model_dir
-from codegemma.checkpoint.safetensors_file import load_mapped
+from codegemma.checkpoint.safetensors_file import ALIGNMENT, load_mapped, read_header, save_aligned
 from codegemma.errors import CheckpointError, ModelNotFoundError
 from codegemma.model import GemmaForCausalLM
 
@@ -37,6 +37,31 @@ def test_weights_are_views_of_the_file_not_copies(mqa_checkpoint):
     assign_weights(model, state, torch.float32, torch.device("cpu"))
     for name, param in model.named_parameters():
         assert param.data_ptr() == state[name].data_ptr(), name
+
+
+def test_aligned_files_start_every_tensor_on_a_boundary_and_stay_valid(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "odd.bytes": torch.randint(0, 255, (3,), dtype=torch.uint8, generator=generator),
+        "groups": torch.randint(0, 255, (2, 3, 8, 16, 4), dtype=torch.uint8, generator=generator),
+        "scales": torch.randn(2, 3, 16, generator=generator).to(torch.float16),
+        "norm": torch.randn(5, generator=generator).to(torch.bfloat16),
+        "mask": torch.tensor([True, False, True]),
+        "wide": torch.randn(4, 16, generator=generator),
+        "empty": torch.empty(0, 4),
+    }
+    path = tmp_path / "aligned.safetensors"
+    save_aligned(tensors, path, metadata={"format": "pt"})
+    header, data_start = read_header(path)
+    assert data_start % ALIGNMENT == 0
+    for name, tensor in tensors.items():
+        if tensor.numel() * tensor.element_size() % ALIGNMENT == 0:
+            assert header[name]["data_offsets"][0] % ALIGNMENT == 0, name
+    mapped = load_mapped(path)
+    assert mapped["groups"].data_ptr() % ALIGNMENT == 0
+    reference = load_file(str(path))  # the safetensors library's own checks (no gaps, order)
+    for name, tensor in tensors.items():
+        assert torch.equal(mapped[name], tensor) and torch.equal(reference[name], tensor), name
 
 
 def _mapping_flags(path) -> list[str]:

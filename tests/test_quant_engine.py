@@ -1,6 +1,7 @@
 """Quantized and native-kernel engines against the plain float32 path."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,10 @@ import torch
 import codegemma
 from codegemma.cli import main
 from codegemma.errors import CheckpointError, InvalidRequestError
+from codegemma.quant.apply import quantizable
+from codegemma.quant.blocks import Int4Blocks, Int8Blocks
+from codegemma.quant.mapped_pages import FileMappings
+from codegemma.quant.row_groups import RowGroups
 
 HELD_OUT = (
     "def main():\n    total = 0\n    for i in range(10):\n        total += i\n    print(total)\n"
@@ -99,8 +104,101 @@ def test_broken_quantized_checkpoint_is_named(trained_checkpoint, tmp_path):
     tensors = load_file(str(out / "model.safetensors"))
     del tensors["model.layers.0.mlp.up_proj.weight.scales"]
     save_file(tensors, str(out / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="up_proj.weight.qs.*scales"):
+    with pytest.raises(CheckpointError, match="up_proj.weight.groups.*scales"):
         codegemma.load(out)
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def quantized_dir(request, trained_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantized") / request.param
+    assert main(["quantize", str(trained_checkpoint), str(out), "--bits", request.param[3:]]) == 0
+    return out, request.param
+
+
+def _distinct_weights(lm) -> list:
+    return list({id(m.weight): m.weight for _, m in quantizable(lm.model)}.values())
+
+
+def test_quantized_checkpoint_is_read_in_place_in_row_groups(quantized_dir):
+    out, mode = quantized_dir
+    info = json.loads((out / "config.json").read_text())["quantization"]
+    assert info["layout"] == "row-groups"
+    lm = codegemma.load(out, kernels="native")
+    weights = _distinct_weights(lm)
+    if not lm.acceleration.native.row_groups:  # a CPU without byte dot products: rows
+        assert all(isinstance(w, (Int8Blocks, Int4Blocks)) for w in weights)
+        return
+    assert lm.acceleration.regrouped == 0 and "read in place" in lm.acceleration.note
+    mapped = FileMappings()
+    for weight in weights:
+        assert isinstance(weight, RowGroups)
+        begin = weight.values.data_ptr()
+        assert mapped.is_mapped(begin, begin + weight.values.numel())  # the file, not a copy
+        assert begin % 64 == 0
+    assert {w.bits for w in weights} == ({8} if mode == "int8" else {8, 4})  # int4: 8-bit head
+
+
+def test_quantized_checkpoint_on_the_plain_path_equals_quantizing_at_load(
+    quantized_dir, trained_checkpoint
+):
+    out, mode = quantized_dir
+    saved = codegemma.load(out, kernels="torch")
+    assert all(isinstance(w, (Int8Blocks, Int4Blocks)) for w in _distinct_weights(saved))
+    at_load = codegemma.load(trained_checkpoint, quantize=mode, kernels="torch")
+    ids = saved.tokenizer.encode(HELD_OUT)
+    assert torch.equal(saved.logits(ids), at_load.logits(ids))
+
+
+def test_checkpoint_in_rows_from_earlier_versions_still_loads(
+    quantized_dir, trained_checkpoint, tmp_path
+):
+    # the layout `codegemma quantize` wrote before row groups: W.qs / W.q4 + 2-D W.scales
+    from safetensors.torch import save_file
+
+    out, mode = quantized_dir
+    plain = codegemma.load(out, kernels="torch")
+    tensors = {name: p.detach() for name, p in plain.model.named_parameters()}
+    for name, module in quantizable(plain.model):
+        weight = module.weight
+        if isinstance(weight, Int8Blocks):
+            tensors[f"{name}.weight.qs"] = weight.qs.contiguous()
+        else:
+            tensors[f"{name}.weight.q4"] = weight.packed.contiguous()
+        tensors[f"{name}.weight.scales"] = weight.scales.contiguous()
+    old = tmp_path / "rows"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["quantization"]["layout"]
+    (old / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(old / "model.safetensors"))
+    loaded, current = codegemma.load(old), codegemma.load(out)
+    if loaded.acceleration.kernels == "native" and loaded.acceleration.native.row_groups:
+        assert loaded.acceleration.regrouped == len(_distinct_weights(loaded))
+    ids = loaded.tokenizer.encode(HELD_OUT)
+    assert torch.equal(loaded.logits(ids), current.logits(ids))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, k: t.__setitem__(k, t[k].flatten(3)), "row groups must be"),
+        (
+            lambda t, k: t.__setitem__(k[:-6] + "scales", t[k[:-6] + "scales"][:, :1].clone()),
+            "scales",
+        ),
+    ],
+)
+def test_mis_shaped_row_groups_are_named(quantized_dir, tmp_path, change, message):
+    from safetensors.torch import load_file, save_file
+
+    out, _ = quantized_dir
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    change(tensors, "model.layers.0.mlp.down_proj.weight.groups")
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"down_proj.weight'.*{message}"):
+        codegemma.load(broken)
 
 
 def test_kernel_choice_is_explicit_and_falls_back(trained_checkpoint, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 
 from codegemma.errors import InvalidRequestError
 from codegemma.model import GemmaForCausalLM
-from codegemma.quant.apply import attach_backend, prepare_for_kernels
+from codegemma.quant.apply import attach_backend, prepare_for_kernels, row_group_count
 from codegemma.quant.backends import NativeBackend, cpu_has_fast_bf16
 from codegemma.quant.native import KernelUnavailable, NativeKernels
 
@@ -55,26 +55,26 @@ def accelerate(
     if device.type == "cpu":
         torch.set_num_threads(threads)  # the native backend sets 1: it owns the threads
     if kernels == "torch" or device.type != "cpu":
-        attach_backend(model, None)
-        return Acceleration("torch", threads, note="plain PyTorch" if kernels == "torch" else "GPU")
+        return _plain(model, threads, "plain PyTorch" if kernels == "torch" else "GPU")
     try:
         native = NativeKernels(threads)
     except KernelUnavailable as exc:
         if kernels == "native":
             raise InvalidRequestError(f"native kernels unavailable: {exc}") from exc
-        attach_backend(model, None)
-        return Acceleration("torch", threads, note=f"native kernels unavailable: {exc}")
+        return _plain(model, threads, f"native kernels unavailable: {exc}")
     if not native.vectorized and kernels == "auto":
         native.close()
-        attach_backend(model, None)
-        return Acceleration("torch", threads, note="CPU lacks AVX2/FMA/F16C: plain PyTorch")
+        return _plain(model, threads, "CPU lacks AVX2/FMA/F16C: plain PyTorch")
     backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
     started = time.perf_counter()
+    stored_grouped = row_group_count(model) if native.row_groups else 0
     regrouped = prepare_for_kernels(model, row_groups=native.row_groups, kernels=native)
     layout_seconds = time.perf_counter() - started
     note = "C kernels"
     if regrouped:
         note += f"; {regrouped} weights regrouped for byte dot products"
+    if stored_grouped:
+        note += f"; {stored_grouped} weights read in place in 16-row groups"
     attach_backend(model, backend)
     model.compute_dtype = torch.float32
     torch.set_num_threads(1)  # process-wide: PyTorch's own pool would fight the kernels'
@@ -88,3 +88,10 @@ def accelerate(
         native,
         backend,
     )
+
+
+def _plain(model: GemmaForCausalLM, threads: int, note: str) -> Acceleration:
+    """Plain PyTorch layers (weights in rows, as that path reads them)."""
+    prepare_for_kernels(model, row_groups=False)
+    attach_backend(model, None)
+    return Acceleration("torch", threads, note=note)

@@ -58,19 +58,22 @@ def quantize_model(model: GemmaForCausalLM, mode: str, progress=None) -> None:
 
 
 def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool, kernels=None) -> int:
-    """Lay the weights out for the native decode kernels, which stream every weight once per
-    token: block-quantized weights regrouped 16 rows at a time when `row_groups` (CPUs with
-    byte dot products), on huge pages. Pages of file-mapped sources are released as they are
-    copied, so memory stays at one copy. `kernels` (NativeKernels) moves the bytes on every
-    thread. Returns how many weights were regrouped.
+    """Lay the quantized weights out for the kernels that will read them; returns how many
+    weights were regrouped here.
+
+    With `row_groups` (the native kernels on CPUs with byte dot products), block-quantized
+    weights in rows are regrouped 16 rows at a time, on huge pages; pages of file-mapped
+    sources are released as they are copied, so memory stays at one copy, and `kernels`
+    (NativeKernels) moves the bytes on every thread. Weights already in row groups (read in
+    place from a checkpoint of `codegemma quantize`) stay where they are. Without
+    `row_groups`, weights in row groups are laid back in rows, which every other path reads.
 
     bfloat16 weights stay where they are (views of the file): a huge-page copy decodes ~10%
     faster here but costs 1-2 s per GB at every start on the benchmark machine (a virtual
     machine, where memory a process touches for the first time is slow to come), 5-10 s for a
-    2B model."""
-    if not row_groups:
-        return 0
-    mappings = FileMappings()
+    2B model. The same holds for regrouping at load, which is why quantized checkpoints store
+    the row groups."""
+    mappings = FileMappings() if row_groups else None
     owners: dict[int, list[nn.Module]] = {}  # modules sharing one weight (a tied head)
     weights: dict[int, object] = {}
     for _, module in quantizable(model):
@@ -79,12 +82,21 @@ def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool, kernels=None)
     count = 0
     for key, modules in owners.items():
         weight = weights.pop(key)  # the last reference once the modules let go of it
-        if can_group(weight):
-            grouped = regroup(weight, mappings, kernels)
-            for module in modules:
-                set_weight(module, grouped)
+        if row_groups and can_group(weight):
+            laid_out = regroup(weight, mappings, kernels)
             count += 1
+        elif not row_groups and isinstance(weight, RowGroups):
+            laid_out = weight.to_blocks()
+        else:
+            continue
+        for module in modules:
+            set_weight(module, laid_out)
     return count
+
+
+def row_group_count(model: GemmaForCausalLM) -> int:
+    """How many distinct weights of `model` are in 16-row groups."""
+    return len({id(m.weight) for _, m in quantizable(model) if isinstance(m.weight, RowGroups)})
 
 
 def attach_backend(model: GemmaForCausalLM, backend) -> None:

@@ -1,15 +1,27 @@
 """The quantized checkpoint format written by `codegemma quantize`.
 
-A Hugging Face style directory: `config.json` with an added `"quantization"` object, the
-tokenizer file, and `model.safetensors` where each quantized weight `W` (every linear layer
-and the tied embedding) is stored as two tensors:
+A Hugging Face style directory: `config.json` with an added `"quantization"` object
+(`{"format": "codegemma-blocks", "mode": "int8" | "int4", "block_size": 32, "layout":
+"row-groups"}`), the tokenizer file, and `model.safetensors`. The blocks are GGUF's Q8_0 /
+Q4_0 blocks (32 inputs, one float16 scale each) with the scales stored apart. Each quantized
+weight `W` (every linear layer and the tied embedding, [out, in]) is stored in one of two
+layouts:
 
-- int8: `W.qs` int8 [out, in] and `W.scales` float16 [out, in / 32]; value = qs * scale
-- int4: `W.q4` uint8 [out, in / 2] and `W.scales` float16 [out, in / 32]; in each block of 32,
-  byte j holds element j (low nibble) and element j + 16 (high nibble); value = (q - 8) * scale
+- 16-row groups, the layout the native kernels read (every weight whose `out` is a multiple
+  of 16): `W.groups` uint8 [out / 16, in / 32, runs, 16, 4] and `W.scales` float16
+  [out / 16, in / 32, 16]. For group g, block b, run r, lane l and byte k, the byte belongs to
+  row 16 g + l and holds, unsigned, int8: q + 128 of input 32 b + 4 r + k (runs = 8); int4:
+  byte 4 r + k of that row's Q4_0 block b, whose low nibble is input 32 b + 4 r + k and high
+  nibble input 32 b + 4 r + k + 16, each q + 8 (runs = 4). The scale of that row's block is
+  `W.scales[g, b, l]`.
+- rows (other weights, and every weight of files written before the row-group layout, which
+  have no "layout" key): int8 `W.qs` int8 [out, in] and `W.scales` float16 [out, in / 32],
+  value = qs * scale; int4 `W.q4` uint8 [out, in / 2] and `W.scales` float16 [out, in / 32],
+  in each block byte j holds element j (low nibble) and element j + 16 (high nibble),
+  value = (q - 8) * scale.
 
-Norm weights stay as they are. These are GGUF's Q8_0 / Q4_0 blocks with the scales stored
-apart, so loading maps the file without converting anything.
+Norm weights stay as they are. Every tensor starts on a 64-byte boundary of the file, so the
+engine maps the file and reads the weights in place: loading copies and converts nothing.
 """
 
 from __future__ import annotations
@@ -20,41 +32,56 @@ from pathlib import Path
 
 import torch
 
+from codegemma.checkpoint.safetensors_file import save_aligned
 from codegemma.errors import CheckpointError
 from codegemma.model import GemmaForCausalLM
-from codegemma.quant.apply import quantizable
+from codegemma.quant.apply import prepare_for_kernels, quantizable
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
+from codegemma.quant.row_groups import RowGroups
 
 FORMAT = "codegemma-blocks"
+LAYOUT = "row-groups"  # absent in files written before it: every weight stored in rows
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
 def save_quantized(model: GemmaForCausalLM, source_dir: Path, out_dir: Path, mode: str) -> None:
-    """Write `model` (already quantized to `mode`) and the tokenizer of `source_dir`."""
-    from safetensors.torch import save_file
-
+    """Write `model` (already quantized to `mode`) and the tokenizer of `source_dir`. The
+    model's weights are regrouped in place (16-row groups: the same values, the stored layout)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_for_kernels(model, row_groups=True)
     quantized = {f"{name}.weight" for name, _ in quantizable(model)}
     tensors: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         if name not in quantized:
             tensors[name] = param.detach().contiguous()
     for name, module in quantizable(model):
-        weight = module.weight
-        if isinstance(weight, Int8Blocks):
-            tensors[f"{name}.weight.qs"] = weight.qs.reshape(weight.shape).contiguous()
-        elif isinstance(weight, Int4Blocks):
-            tensors[f"{name}.weight.q4"] = weight.packed.reshape(weight.shape[0], -1).contiguous()
-        else:
-            raise CheckpointError(f"{name} is not quantized; quantize the model first")
-        tensors[f"{name}.weight.scales"] = weight.scales.to(torch.float16).contiguous()
+        tensors.update(_stored(f"{name}.weight", module.weight))
     config = model.config.to_hf_dict()
-    config["quantization"] = {"format": FORMAT, "mode": mode, "block_size": BLOCK}
+    config["quantization"] = {
+        "format": FORMAT,
+        "mode": mode,
+        "block_size": BLOCK,
+        "layout": LAYOUT,
+    }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    save_aligned(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     for file in TOKENIZER_FILES:
         if (source_dir / file).is_file():
             shutil.copyfile(source_dir / file, out_dir / file)
+
+
+def _stored(name: str, weight: object) -> dict[str, torch.Tensor]:
+    """The tensors that store one quantized weight."""
+    if isinstance(weight, RowGroups):
+        scales = weight.scales.to(torch.float16)
+        return {f"{name}.groups": weight.values, f"{name}.scales": scales.contiguous()}
+    if isinstance(weight, Int8Blocks):
+        values = {f"{name}.qs": weight.qs.reshape(weight.shape).contiguous()}
+    elif isinstance(weight, Int4Blocks):
+        values = {f"{name}.q4": weight.packed.reshape(weight.shape[0], -1).contiguous()}
+    else:
+        raise CheckpointError(f"{name} is not quantized; quantize the model first")
+    return values | {f"{name}.scales": weight.scales.to(torch.float16).contiguous()}
 
 
 def quantization_mode(config_path: Path) -> str | None:
@@ -75,22 +102,35 @@ def quantization_mode(config_path: Path) -> str | None:
 
 
 def group_blocks(state: dict[str, torch.Tensor]) -> dict[str, object]:
-    """Merge `W.qs`/`W.q4` + `W.scales` pairs of a quantized file into block weights named `W`."""
+    """Merge each quantized weight's tensors (`W.groups`, `W.qs` or `W.q4`, with `W.scales`)
+    of a quantized file into one block weight named `W` (views of the file, nothing copied)."""
     grouped: dict[str, object] = {}
     for name, tensor in state.items():
         base, _, part = name.rpartition(".")
-        if part in ("qs", "q4"):
+        if part in _VALUE_PARTS:
             scales = state.get(f"{base}.scales")
             if scales is None:
                 raise CheckpointError(f"quantized tensor {name!r} has no {base}.scales")
             try:
-                grouped[base] = (
-                    Int8Blocks(tensor, scales) if part == "qs" else Int4Blocks(tensor, scales)
-                )
+                grouped[base] = _block_weight(part, tensor, scales)
             except ValueError as exc:
                 raise CheckpointError(f"quantized tensor {base!r}: {exc}") from exc
-        elif part == "scales" and (f"{base}.qs" in state or f"{base}.q4" in state):
+        elif part == "scales" and any(f"{base}.{kind}" in state for kind in _VALUE_PARTS):
             continue
         else:
             grouped[name] = tensor
     return grouped
+
+
+_VALUE_PARTS = ("groups", "qs", "q4")
+
+
+def _block_weight(part: str, values: torch.Tensor, scales: torch.Tensor):
+    if part == "qs":
+        return Int8Blocks(values, scales)
+    if part == "q4":
+        return Int4Blocks(values, scales)
+    if values.dim() != 5 or values.shape[2] not in (8, 4):
+        shape = list(values.shape)
+        raise ValueError(f"row groups must be (groups, blocks, 8 or 4, 16, 4), got {shape}")
+    return RowGroups(8 if values.shape[2] == 8 else 4, values, scales)
