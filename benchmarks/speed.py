@@ -88,9 +88,15 @@ def prepare(work: Path, preset: str) -> tuple[dict[str, Path], dict[str, float]]
 def warm_page_cache(path: Path) -> None:
     """Read the engine's files once, so every engine starts as a user's second start would:
     from the page cache, not from the disk (the files together outgrow the cache, and a
-    cold read measures the disk, not the engine)."""
+    cold read measures the disk, not the engine). Each file is first dropped from the cache
+    and read anew, so that every engine's files are cached alike: in the large pieces a
+    sequential read brings (which maps then use as 2 MB pages), not in the pieces earlier
+    writes or reads happened to leave."""
+    from codegemma.quant.mapped_pages import drop_cached
+
     for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
         if file.is_file():
+            drop_cached(file)
             with open(file, "rb") as f:
                 while f.read(16 << 20):
                     pass

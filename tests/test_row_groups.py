@@ -1,7 +1,10 @@
 """Quantized weights regrouped 16 rows at a time: exact layout, kernels, engine, page release."""
 
+import ctypes
+import ctypes.util
 import dataclasses
 import mmap
+import os
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch
 import codegemma
 from codegemma.quant.apply import prepare_for_kernels
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
-from codegemma.quant.mapped_pages import FileMappings, huge_page_empty
+from codegemma.quant.mapped_pages import FileMappings, drop_cached, huge_page_empty
 from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import RowGroups, can_group, regroup
 
@@ -186,6 +189,30 @@ def test_release_drops_file_pages_and_keeps_values(tmp_path):
     released = FileMappings().release(tensor)
     assert released == hasattr(mmap, "MADV_DONTNEED")
     assert torch.equal(tensor, values)  # read again from the file
+
+
+def _cached_pages(path) -> int:
+    """Pages of `path` in the page cache (mincore on a fresh map of it; nothing is read)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    vector = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
+    base = torch.frombuffer(mapped, dtype=torch.uint8).data_ptr()
+    assert libc.mincore(base, size, vector) == 0, ctypes.get_errno()
+    return sum(byte & 1 for byte in vector.raw)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise and mincore")
+def test_drop_cached_writes_a_file_out_and_drops_its_pages(tmp_path):
+    path = tmp_path / "written.bin"
+    values = torch.randint(0, 255, (64 * mmap.PAGESIZE,), dtype=torch.uint8)
+    path.write_bytes(values.numpy().tobytes())
+    assert _cached_pages(path) == 64  # just written: every page is cached
+    assert drop_cached(path)
+    assert _cached_pages(path) < 8  # gone (the kernel may keep a few under writeback)
+    assert path.read_bytes() == values.numpy().tobytes()
 
 
 def test_release_leaves_anonymous_memory_alone():

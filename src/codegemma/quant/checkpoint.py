@@ -21,7 +21,9 @@ layouts:
   value = (q - 8) * scale.
 
 Norm weights stay as they are. Every tensor starts on a 64-byte boundary of the file, so the
-engine maps the file and reads the weights in place: loading copies and converts nothing.
+engine maps the file and reads the weights in place: loading copies and converts nothing. The
+file leaves the page cache once written, so its first read caches it in 2 MB pieces, which
+the map then uses as huge pages (see quant/mapped_pages.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from codegemma.errors import CheckpointError
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.apply import prepare_for_kernels, quantizable
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
+from codegemma.quant.mapped_pages import drop_cached
 from codegemma.quant.row_groups import RowGroups
 
 FORMAT = "codegemma-blocks"
@@ -65,6 +68,7 @@ def save_quantized(model: GemmaForCausalLM, source_dir: Path, out_dir: Path, mod
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_aligned(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
+    drop_cached(out_dir / "model.safetensors")  # read back in 2 MB pieces, mapped so
     for file in TOKENIZER_FILES:
         if (source_dir / file).is_file():
             shutil.copyfile(source_dir / file, out_dir / file)
