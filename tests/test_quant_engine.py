@@ -217,6 +217,36 @@ def test_kernel_choice_is_explicit_and_falls_back(trained_checkpoint, tmp_path, 
 
 
 @pytest.mark.parametrize("bits", [8, 4])
+def test_prompts_on_weight_bytes_equal_their_rows_and_stay_near_widening(bits):
+    # Row groups: prompt GEMMs run on the weight bytes (`byte_gemm`); the MLP's gated hidden
+    # state is exactly the two projections and the product, each prompt row exactly the
+    # decode kernel's row, and the result close to widening the weights instead.
+    from codegemma.quant.apply import quantize_weight
+    from codegemma.quant.backends import NativeBackend
+    from codegemma.quant.native import NativeKernels
+    from codegemma.quant.row_groups import regroup
+
+    kernels = NativeKernels(2)
+    try:
+        backend = NativeBackend(kernels, fast_bf16_gemm=False)
+        g = torch.Generator().manual_seed(bits)
+        gate = regroup(quantize_weight(torch.randn(3008, 1024, generator=g) / 32, bits))
+        up = regroup(quantize_weight(torch.randn(3008, 1024, generator=g) / 32, bits))
+        x = torch.randn(2, 9, 1024, generator=g)
+        assert backend.fuses_mlp(x, gate, up)  # on the bytes, even without bf16 GEMMs
+        fused = backend.gated_hidden(x, gate, up)  # two slices of rows
+        gelu = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")
+        assert torch.equal(fused, gelu * backend.linear(x, up))
+        assert torch.equal(backend.linear(x, gate)[1, 4], kernels.matvec(x[1, 4:5], gate)[0])
+        backend.byte_gemm = False  # widened to float32 (no bf16 GEMMs here)
+        assert not backend.fuses_mlp(x, gate, up)
+        widened = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")
+        assert cosine(fused, widened * backend.linear(x, up)) >= 0.9999
+    finally:
+        kernels.close()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 def test_fused_gated_hidden_equals_two_linears_and_the_product(bits):
     # The prompt-path MLP builds gelu(gate x) * up x slice by slice in bfloat16; it must give
     # exactly what the two projections and the product give, rounded as the next GEMM rounds.
@@ -226,7 +256,7 @@ def test_fused_gated_hidden_equals_two_linears_and_the_product(bits):
 
     kernels = NativeKernels(2)
     try:
-        backend = NativeBackend(kernels, fast_bf16_gemm=True)
+        backend = NativeBackend(kernels, fast_bf16_gemm=True)  # (blocks: widened, bf16)
         g = torch.Generator().manual_seed(bits)
         gate = quantize_weight(torch.randn(3000, 1024, generator=g) / 32, bits)  # 2 slices
         up = quantize_weight(torch.randn(3000, 1024, generator=g) / 32, bits)

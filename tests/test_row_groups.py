@@ -134,6 +134,35 @@ def test_group_matvec_rows_do_not_depend_on_the_batch(kernels, quantize):
     assert torch.equal(together, alone)
 
 
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
+def test_group_gemm_rows_equal_the_matvec_of_each_row(kernels, quantize, scale_dtype):
+    # prompts: x quantized once, each group of rows meets 8 rows of x at a time (tiles of
+    # 8 + a remainder); every row must be exactly the decode kernel's row
+    grouped = regroup(quantize(weights(96, 320, seed=9)))
+    grouped = RowGroups(grouped.bits, grouped.values, grouped.scales.to(scale_dtype))
+    bits = grouped.bits
+    for count in (2, 8, 9, 19):
+        x = torch.randn(count, 320, generator=torch.Generator().manual_seed(count))
+        wide = torch.full((count, 100 + 96), 7.0)  # the output as a column slice
+        got = kernels.gemm_groups(kernels.quantize_rows(x, bits), grouped, wide[:, 100:])
+        alone = torch.cat([kernels.matvec(x[i : i + 1], grouped) for i in range(count)])
+        assert torch.equal(got, alone) and torch.equal(wide[:, 100:], alone), count
+        assert bool((wide[:, :100] == 7.0).all())  # nothing written outside the slice
+        reference = x @ grouped.dequantize().T  # float32 activations: close, not equal
+        assert torch.allclose(got, reference, rtol=0.05, atol=0.05 * float(reference.std()))
+
+
+def test_group_gemm_refuses_mismatched_operands(kernels):
+    int4 = regroup(quantize_int4(weights(32, 128, seed=4)))
+    with pytest.raises(ValueError, match="gemm_groups rejected"):  # rows made for int8
+        kernels.gemm_groups(kernels.quantize_rows(torch.randn(3, 128), 8), int4, torch.empty(3, 32))
+    with pytest.raises(ValueError, match="gemm_groups rejected"):  # wrong width
+        kernels.gemm_groups(kernels.quantize_rows(torch.randn(3, 96), 4), int4, torch.empty(3, 32))
+    with pytest.raises(ValueError, match="quantize_rows"):
+        kernels.quantize_rows(torch.randn(3, 100), 8)
+
+
 def test_group_matvec_refuses_a_wrong_width(kernels):
     grouped = regroup(quantize_int4(weights(32, 128, seed=4)))
     with pytest.raises(ValueError, match="matvec rejected"):

@@ -976,6 +976,68 @@ int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *sc
     return 0;
 }
 
+/* ------------------------------------------------------ prompts: row groups as a GEMM */
+/* Many rows of x (a prompt's tokens) against a weight in row groups, with no widened copy of
+ * the weight: x is quantized to int8 blocks once, then each group of 16 weight rows is read
+ * from memory once and meets every row of x, 8 at a time, while it stays in the cache. The
+ * byte dot products do twice the multiply-adds per instruction of bfloat16 ones. Every row of
+ * y gets exactly the numbers cg_matvec_groups gives that row on its own. */
+
+typedef struct {
+    const float *x;
+    int64_t K;
+    int32_t offset;
+    int8_t *q;
+    float *d;
+    int32_t *sums;
+} quantize_args;
+
+static void quantize_task(void *p, int64_t begin, int64_t end) {
+    const quantize_args *a = (const quantize_args *)p;
+    const int64_t nb = a->K / CG_BLOCK;
+    quantize_x(a->x + begin * a->K, end - begin, a->K, a->q + begin * a->K, a->d + begin * nb);
+    block_sums(a->q + begin * a->K, end - begin, a->K, a->offset, a->sums + begin * nb);
+}
+
+/* x (M, K) float32 -> q (M, K) int8, d (M, K/32) block scales, sums (M, K/32) block sums
+ * times `offset` (128 for int8 weights, 8 for int4): what cg_matvec_groups computes first. */
+int cg_quantize_rows(cg_pool *pool, const float *x, int64_t M, int64_t K, int32_t offset,
+                     int8_t *q, float *d, int32_t *sums) {
+    if (M < 1 || K % CG_BLOCK || (offset != 128 && offset != 8)) return -1;
+    quantize_args a = {x, K, offset, q, d, sums};
+    prompt_run(pool, quantize_task, &a, M);
+    return 0;
+}
+
+static void gemm_groups_task(void *p, int64_t begin, int64_t end) {
+    const groups_args *a = (const groups_args *)p;
+    const int64_t nb = a->K / CG_BLOCK;
+    for (int64_t g = begin; g < end; g++)
+        for (int64_t m0 = 0; m0 < a->M; m0 += CG_MAX_M) {
+            groups_args tile = *a;
+            tile.M = a->M - m0 < CG_MAX_M ? a->M - m0 : CG_MAX_M;
+            tile.xq = a->xq + m0 * a->K;
+            tile.xd = a->xd + m0 * nb;
+            tile.xs = a->xs + m0 * nb;
+            tile.y = a->y + m0 * a->N; /* N: y's row stride */
+            groups_task(&tile, g, g + 1);
+        }
+}
+
+/* y (M, N) = x @ W^T for x quantized by cg_quantize_rows (with this weight's offset) and W in
+ * row groups (N rows); y's rows lie `y_stride` floats apart. Returns 0, or -1 on bad
+ * arguments. */
+int cg_gemm_groups(cg_pool *pool, int bits, const void *values, const void *scales,
+                   int scale_f32, const int8_t *q, const float *d, const int32_t *sums,
+                   float *y, int64_t y_stride, int64_t M, int64_t N, int64_t K) {
+    if (M < 1 || K % CG_BLOCK || N % CG_GROUP || y_stride < N || (bits != 8 && bits != 4))
+        return -1;
+    groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, q, d,
+                     sums, y, M, y_stride, K, NULL, 0};
+    prompt_run(pool, gemm_groups_task, &a, N / CG_GROUP);
+    return 0;
+}
+
 static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
     groups_args *a = (groups_args *)p;
     const int64_t k = a->K, nb = k / CG_BLOCK, runs = group_runs(a->bits);

@@ -7,6 +7,7 @@ The shared library has no Python or torch dependency, so it builds in about a se
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import os
 import platform
@@ -92,6 +93,17 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
+@dataclasses.dataclass
+class QuantizedRows:
+    """Rows of activations in int8 blocks of 32, made by `quantize_rows` for `bits`-bit
+    weights (the block sums carry that weight's offset)."""
+
+    bits: int
+    values: torch.Tensor  # int8 (M, K)
+    scales: torch.Tensor  # float32 (M, K / 32)
+    sums: torch.Tensor  # int32 (M, K / 32): block sums times 128 (int8) or 8 (int4)
+
+
 class NativeKernels:
     """The loaded library plus one thread pool; owned by an engine, closed with it."""
 
@@ -116,6 +128,10 @@ class NativeKernels:
         lib.cg_widen_bf16.argtypes = [p, p, i64, p, i64, i64]
         lib.cg_matvec_groups.restype = i32
         lib.cg_matvec_groups.argtypes = [p, i32, p, p, i32, p, p, i64, i64, i64, p, i32]
+        lib.cg_quantize_rows.restype = i32
+        lib.cg_quantize_rows.argtypes = [p, p, i64, i64, i32, p, p, p]
+        lib.cg_gemm_groups.restype = i32
+        lib.cg_gemm_groups.argtypes = [p, i32, p, p, i32, p, p, p, p, i64, i64, i64, i64]
         lib.cg_dequantize_groups.restype = i32
         lib.cg_dequantize_groups.argtypes = [p, i32, p, p, i32, p, i32, i64, i64]
         lib.cg_group_rows.restype = i32
@@ -267,6 +283,66 @@ class NativeKernels:
         if status != 0:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
+
+    def quantize_rows(self, x: torch.Tensor, bits: int) -> QuantizedRows:
+        """x (M, K) float32 in int8 blocks of 32, for `gemm_groups` with `bits`-bit weights
+        (the same rounding as the matrix-vector kernels), on every thread."""
+        if x.dim() != 2 or x.dtype != torch.float32 or x.shape[1] % BLOCK or bits not in (8, 4):
+            raise ValueError(f"quantize_rows takes float32 (M, K) with K % 32 == 0, not {x}")
+        x = x.contiguous()
+        (M, K), nb = x.shape, x.shape[1] // BLOCK
+        rows = QuantizedRows(
+            bits,
+            torch.empty(M, K, dtype=torch.int8),
+            torch.empty(M, nb, dtype=torch.float32),
+            torch.empty(M, nb, dtype=torch.int32),
+        )
+        status = self._lib.cg_quantize_rows(
+            self._pool,
+            x.data_ptr(),
+            M,
+            K,
+            128 if bits == 8 else 8,
+            rows.values.data_ptr(),
+            rows.scales.data_ptr(),
+            rows.sums.data_ptr(),
+        )
+        if status != 0:
+            raise ValueError(f"quantize_rows rejected x {list(x.shape)}")
+        return rows
+
+    def gemm_groups(self, x: QuantizedRows, weight: RowGroups, out: torch.Tensor) -> torch.Tensor:
+        """out (M, N) float32 = x @ weight^T, for any M, reading each group of weight rows
+        from memory once; `out` may be a column slice of a wider matrix (rows contiguous).
+        Row m equals `matvec` of row m alone, bit for bit."""
+        (M, K), N = x.values.shape, weight.shape[0]
+        if (
+            weight.shape[1] != K
+            or x.bits != weight.bits
+            or out.dtype != torch.float32
+            or tuple(out.shape) != (M, N)
+            or out.stride(1) != 1
+        ):
+            shapes = f"x {[M, K]} ({x.bits} bits), weight {list(weight.shape)} ({weight.bits})"
+            raise ValueError(f"gemm_groups rejected {shapes}, out {list(out.shape)}")
+        status = self._lib.cg_gemm_groups(
+            self._pool,
+            weight.bits,
+            weight.values.data_ptr(),
+            weight.scales.data_ptr(),
+            int(weight.scales.dtype == torch.float32),
+            x.values.data_ptr(),
+            x.scales.data_ptr(),
+            x.sums.data_ptr(),
+            out.data_ptr(),
+            out.stride(0),
+            M,
+            N,
+            K,
+        )
+        if status != 0:
+            raise ValueError(f"gemm_groups rejected x {[M, K]}, weight {list(weight.shape)}")
+        return out
 
     def group_rows(self, rows: torch.Tensor, out: torch.Tensor, word: int, flip: int = 0) -> None:
         """Regroup `rows` (16 G, blocks, block bytes) into `out`, contiguous (G, words, 16) of
