@@ -2,12 +2,15 @@
 
     bash benchmarks/setup.sh                 # llama-cpp-python for the peer (not a package dep)
     python benchmarks/speed.py [--work DIR] [--threads N] [--rounds N] [--skip transformers]
+        [--paired-decode N]
 
 Writes a random-weight model with the exact CodeGemma-2B shapes (Hugging Face layout), our
 int8/int4 checkpoints (`codegemma quantize`), GGUF F16/Q8_0/Q4_0 files (`codegemma convert`),
 then measures every engine in a fresh process: load time, prefill tok/s at 128 and 512 tokens,
 time to first token, decode tok/s over 64 tokens, batched decode throughput, peak RSS. Prints
-a table with ratios and appends it, dated, to BENCHMARKS.md.
+a table with ratios and appends it, dated, to BENCHMARKS.md. This machine's speed changes from
+minute to minute; `--paired-decode N` adds decode measured N times per precision, ours and
+llama.cpp back to back, and the median ratio of those pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -126,8 +130,13 @@ def combine(runs: list[dict]) -> dict:
     return merged
 
 
-def measure(engine: str, path: Path, args, transformers_prompts: list[int]) -> dict:
+def measure(
+    engine: str, path: Path, args, transformers_prompts: list[int], decode_only: bool = False
+) -> dict:
+    """One worker's figures; `decode_only`: load, a 16-token prompt and the decode figure."""
     prompts = transformers_prompts if engine == "transformers" else args.prompts
+    if decode_only:
+        prompts = [16]
     cmd = [
         sys.executable,
         str(HERE / "speed_worker.py"),
@@ -142,7 +151,7 @@ def measure(engine: str, path: Path, args, transformers_prompts: list[int]) -> d
         "--repeat",
         str(args.repeat),
     ]
-    if engine != "llama.cpp":  # llama-cpp-python's high-level API decodes one sequence
+    if engine != "llama.cpp" and not decode_only:  # llama-cpp-python decodes one sequence
         cmd += ["--batches", ",".join(map(str, args.batches))]
     try:
         return json.loads(run(cmd).strip().splitlines()[-1])
@@ -257,6 +266,12 @@ def main() -> None:
     )
     parser.add_argument("--transformers-decode", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2, help="prefill runs; the fastest counts")
+    parser.add_argument(
+        "--paired-decode",
+        type=int,
+        default=0,
+        help="then measure decode this many times per precision, ours and llama.cpp alternately",
+    )
     args = parser.parse_args()
     files, timings = prepare(args.work / args.preset, args.preset)
     t_prompts = [int(x) for x in args.transformers_prompts.split(",")]
@@ -273,13 +288,50 @@ def main() -> None:
     report = (
         f"\n## {when} — {args.preset} shapes, {args.threads} threads\n\n"
         f"Machine: {machine()}. Command: `python benchmarks/speed.py "
-        f"--threads {args.threads} --rounds {args.rounds}` (engines in turn, best figure of "
-        f"the rounds, highest RSS; files read into the page cache before each load). "
+        f"--threads {args.threads} --rounds {args.rounds}"
+        + (f" --paired-decode {args.paired_decode}" if args.paired_decode else "")
+        + "` (engines in turn, best figure of "
+        "the rounds, highest RSS; each file dropped from the page cache and read again "
+        "before each load). "
         "Conversion: "
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
         + f".\n\n{table(results)}\n\nRatios (same run):\n{ratios(results)}\n"
     )
+    if args.paired_decode:
+        report += (
+            f"\nPaired decode (`--paired-decode {args.paired_decode}`: each pair measured back "
+            f"to back, order alternating; ours / llama.cpp):\n{paired_decode(files, args)}\n"
+        )
     publish(report, append=not args.no_append)
+
+
+def paired_decode(files: dict[str, Path], args) -> str:
+    """Decode of each of our rows and its equal-bits llama.cpp row, measured alternately
+    (ours, peer, peer, ours, ...) `args.paired_decode` times each, with nothing in between:
+    the two runs of a pair fall in the same minute of the machine, whose speed changes from
+    one minute to the next. The ratio of each pair and their median."""
+    keys = {name: (engine, key) for name, engine, key, _ in ENGINES}
+    lines = []
+    for name, engine, key, peer in ENGINES:
+        if peer is None or {name, peer, engine, keys[peer][0]} & set(args.skip):
+            continue
+        warm_page_cache(files[key])
+        warm_page_cache(files[keys[peer][1]])
+        pairs = []
+        for index in range(args.paired_decode):
+            order = [(name, engine, key), (peer, *keys[peer])]
+            figures = {}
+            for row, row_engine, row_key in order if index % 2 == 0 else order[::-1]:
+                result = measure(row_engine, files[row_key], args, [], decode_only=True)
+                print(row, "decode", result.get("decode_tok_s"), file=sys.stderr)
+                figures[row] = result.get("decode_tok_s")
+            if figures[name] and figures[peer]:
+                pairs.append((figures[name], figures[peer]))
+        if pairs:
+            each = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs)
+            median = statistics.median(a / b for a, b in pairs)
+            lines.append(f"- {name} / {peer}: {each} tok/s; median ratio {median:.2f}x")
+    return "\n".join(lines)
 
 
 def publish(report: str, append: bool) -> None:

@@ -178,6 +178,25 @@ def test_checkpoint_in_rows_from_earlier_versions_still_loads(
     assert torch.equal(loaded.logits(ids), current.logits(ids))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weights_whose_rows_do_not_group_are_stored_in_rows(tiny_tokenizer_dir, tmp_path, bits):
+    # 520 embedding rows (not a multiple of 16) stay in rows; the layers are in row groups
+    from tiny_models import make_checkpoint
+
+    from codegemma.checkpoint.safetensors_file import read_header
+
+    source = make_checkpoint(tmp_path / "source", tiny_tokenizer_dir, 520)
+    out = tmp_path / "quantized"
+    assert main(["quantize", str(source), str(out), "--bits", str(bits)]) == 0
+    stored = read_header(out / "model.safetensors")[0]
+    assert "model.embed_tokens.weight.qs" in stored  # the head stays 8-bit in int4 files too
+    assert "model.layers.1.mlp.down_proj.weight.groups" in stored
+    saved = codegemma.load(out)
+    at_load = codegemma.load(source, quantize=f"int{bits}")
+    ids = saved.tokenizer.encode(HELD_OUT)
+    assert torch.equal(saved.logits(ids), at_load.logits(ids))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -238,6 +257,10 @@ def test_prompts_on_weight_bytes_equal_their_rows_and_stay_near_widening(bits):
         gelu = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")
         assert torch.equal(fused, gelu * backend.linear(x, up))
         assert torch.equal(backend.linear(x, gate)[1, 4], kernels.matvec(x[1, 4:5], gate)[0])
+        # the whole MLP rounds each slice of the hidden state as it is made: the same numbers
+        down = regroup(quantize_weight(torch.randn(1024, 3008, generator=g) / 55, bits))
+        mlp = backend.gated_mlp(x, gate, up, down)
+        assert torch.equal(mlp, backend.linear(fused, down))
         backend.byte_gemm = False  # widened to float32 (no bf16 GEMMs here)
         assert not backend.fuses_mlp(x, gate, up)
         widened = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")

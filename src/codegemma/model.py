@@ -152,11 +152,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
-        gate, up = self.gate_proj, self.up_proj
-        plain = isinstance(gate, Linear) and isinstance(up, Linear)  # not wrapped by LoRA
+        gate, up, down = self.gate_proj, self.up_proj, self.down_proj
+        plain = all(isinstance(m, Linear) for m in (gate, up, down))  # not wrapped by LoRA
         backend = gate.backend if plain else None
         if backend is not None and backend.fuses_mlp(x, gate.weight, up.weight):
-            return self.down_proj(backend.gated_hidden(x, gate.weight, up.weight))
+            return backend.gated_mlp(x, gate.weight, up.weight, down.weight)
         # inference: activation and product in place, two (B, T, intermediate) buffers fewer
         hidden = torch.ops.aten.gelu_(self.gate_proj(x), approximate="tanh")
         return self.down_proj(hidden.mul_(self.up_proj(x)))

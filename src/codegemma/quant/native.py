@@ -290,13 +290,8 @@ class NativeKernels:
         if x.dim() != 2 or x.dtype != torch.float32 or x.shape[1] % BLOCK or bits not in (8, 4):
             raise ValueError(f"quantize_rows takes float32 (M, K) with K % 32 == 0, not {x}")
         x = x.contiguous()
-        (M, K), nb = x.shape, x.shape[1] // BLOCK
-        rows = QuantizedRows(
-            bits,
-            torch.empty(M, K, dtype=torch.int8),
-            torch.empty(M, nb, dtype=torch.float32),
-            torch.empty(M, nb, dtype=torch.int32),
-        )
+        M, K = x.shape
+        rows = self.empty_rows(M, K, bits)
         status = self._lib.cg_quantize_rows(
             self._pool,
             x.data_ptr(),
@@ -310,6 +305,17 @@ class NativeKernels:
         if status != 0:
             raise ValueError(f"quantize_rows rejected x {list(x.shape)}")
         return rows
+
+    @staticmethod
+    def empty_rows(count: int, width: int, bits: int) -> QuantizedRows:
+        """Uninitialised quantized rows (count, width), to be filled slice by slice."""
+        blocks = width // BLOCK
+        return QuantizedRows(
+            bits,
+            torch.empty(count, width, dtype=torch.int8),
+            torch.empty(count, blocks, dtype=torch.float32),
+            torch.empty(count, blocks, dtype=torch.int32),
+        )
 
     def gemm_groups(self, x: QuantizedRows, weight: RowGroups, out: torch.Tensor) -> torch.Tensor:
         """out (M, N) float32 = x @ weight^T, for any M, reading each group of weight rows
