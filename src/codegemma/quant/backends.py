@@ -93,7 +93,7 @@ class NativeBackend:
         return None
 
     def fuses_mlp(self, x: torch.Tensor, gate: Weight, up: Weight) -> bool:
-        """True when `gated_hidden` serves this input: a prompt (T > 1) through quantized
+        """True when `gated_mlp` serves this input: a prompt (T > 1) through quantized
         weights, in row groups or on a CPU with bf16 GEMMs."""
         quantized = not isinstance(gate, torch.Tensor) and not isinstance(up, torch.Tensor)
         prompt = x.dim() == 3 and x.shape[-2] > 1
