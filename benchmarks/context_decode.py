@@ -13,46 +13,25 @@ to llama.cpp at equal bits and appends it, dated, to BENCHMARKS.md.
 from __future__ import annotations
 
 import datetime
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 from speed import (
-    ENGINES,
-    HERE,
+    PAIRS,
+    PEERS,
     benchmark_parser,
     machine,
     prepare,
     publish,
-    run,
     warm_page_cache,
+    worker,
 )
-
-PAIRS = [row for row in ENGINES if row[3] is not None]  # (ours, engine, key, peer)
-PEERS = {peer: next(r for r in ENGINES if r[0] == peer) for *_, peer in PAIRS}
 
 
 def decode_after(engine: str, path: Path, context: int, threads: int) -> float | None:
     """Median decode tok/s after a `context`-token prompt, or None if the engine failed."""
-    cmd = [
-        sys.executable,
-        str(HERE / "speed_worker.py"),
-        engine,
-        str(path),
-        "--threads",
-        str(threads),
-        "--prompts",
-        "",
-        "--decode",
-        "32",
-        "--decode-prompt",
-        str(context),
-    ]
-    try:
-        return json.loads(run(cmd).strip().splitlines()[-1])["decode_tok_s"]
-    except (subprocess.CalledProcessError, ValueError, IndexError, KeyError):
-        return None
+    options = ["--prompts", "", "--decode", "32", "--decode-prompt", str(context)]
+    return worker(engine, path, threads, *options).get("decode_tok_s")
 
 
 def main() -> None:

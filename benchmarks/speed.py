@@ -38,6 +38,8 @@ ENGINES = [  # (row name, engine, file key, equal-bits peer row)
     ("llama.cpp Q4_0", "llama.cpp", "q4_0", None),
     ("transformers bf16", "transformers", "hf", None),
 ]
+PAIRS = [row for row in ENGINES if row[3] is not None]  # our rows
+PEERS = {peer: next(r for r in ENGINES if r[0] == peer) for *_, peer in PAIRS}  # their rows
 
 
 def run(cmd: list[str], **kw) -> str:
@@ -130,6 +132,17 @@ def combine(runs: list[dict]) -> dict:
     return merged
 
 
+def worker(engine: str, path: Path, threads: int, *options: str) -> dict:
+    """Run speed_worker.py on one engine and file in a fresh process: its figures, or
+    {"error": ...} if it failed."""
+    cmd = [sys.executable, str(HERE / "speed_worker.py"), engine, str(path)]
+    cmd += ["--threads", str(threads), *options]
+    try:
+        return json.loads(run(cmd).strip().splitlines()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError) as exc:
+        return {"error": str(exc)[:200]}
+
+
 def measure(
     engine: str, path: Path, args, transformers_prompts: list[int], decode_only: bool = False
 ) -> dict:
@@ -137,13 +150,7 @@ def measure(
     prompts = transformers_prompts if engine == "transformers" else args.prompts
     if decode_only:
         prompts = [16]
-    cmd = [
-        sys.executable,
-        str(HERE / "speed_worker.py"),
-        engine,
-        str(path),
-        "--threads",
-        str(args.threads),
+    options = [
         "--prompts",
         ",".join(map(str, prompts)),
         "--decode",
@@ -152,11 +159,8 @@ def measure(
         str(args.repeat),
     ]
     if engine != "llama.cpp" and not decode_only:  # llama-cpp-python decodes one sequence
-        cmd += ["--batches", ",".join(map(str, args.batches))]
-    try:
-        return json.loads(run(cmd).strip().splitlines()[-1])
-    except (subprocess.CalledProcessError, ValueError, IndexError) as exc:
-        return {"error": str(exc)[:200]}
+        options += ["--batches", ",".join(map(str, args.batches))]
+    return worker(engine, path, args.threads, *options)
 
 
 COLUMNS = [
@@ -310,16 +314,16 @@ def paired_decode(files: dict[str, Path], args) -> str:
     (ours, peer, peer, ours, ...) `args.paired_decode` times each, with nothing in between:
     the two runs of a pair fall in the same minute of the machine, whose speed changes from
     one minute to the next. The ratio of each pair and their median."""
-    keys = {name: (engine, key) for name, engine, key, _ in ENGINES}
     lines = []
-    for name, engine, key, peer in ENGINES:
-        if peer is None or {name, peer, engine, keys[peer][0]} & set(args.skip):
+    for name, engine, key, peer in PAIRS:
+        peer_engine, peer_key = PEERS[peer][1:3]
+        if {name, peer, engine, peer_engine} & set(args.skip):
             continue
         warm_page_cache(files[key])
-        warm_page_cache(files[keys[peer][1]])
+        warm_page_cache(files[peer_key])
         pairs = []
         for index in range(args.paired_decode):
-            order = [(name, engine, key), (peer, *keys[peer])]
+            order = [(name, engine, key), (peer, peer_engine, peer_key)]
             figures = {}
             for row, row_engine, row_key in order if index % 2 == 0 else order[::-1]:
                 result = measure(row_engine, files[row_key], args, [], decode_only=True)
