@@ -197,6 +197,32 @@ def test_weights_whose_rows_do_not_group_are_stored_in_rows(tiny_tokenizer_dir, 
     assert torch.equal(saved.logits(ids), at_load.logits(ids))
 
 
+@pytest.mark.parametrize("kind, bits", [("q8_0", 8), ("q4_0", 4), ("f16", 8)])
+def test_quantize_keeps_the_blocks_of_a_gguf_file(trained_checkpoint, tmp_path, kind, bits):
+    # Q8_0 / Q4_0 blocks copied exactly (only laid out in row groups), so the result computes
+    # what the GGUF file computes, and loads in place; F16 weights are quantized as usual
+    from codegemma.gguf.writer import write_gguf
+
+    gguf = write_gguf(trained_checkpoint, tmp_path / f"m-{kind}.gguf", kind)
+    out = tmp_path / "quantized"
+    assert main(["quantize", str(gguf), str(out), "--bits", str(bits)]) == 0
+    saved = codegemma.load(out)
+    assert saved.weights == f"int{bits}" and saved.acceleration.regrouped == 0
+    reference = codegemma.load(gguf, quantize=None if kind != "f16" else f"int{bits}")
+    ids = reference.tokenizer.encode(HELD_OUT)
+    assert saved.tokenizer.encode(HELD_OUT) == ids
+    assert torch.equal(saved.logits(ids), reference.logits(ids))
+
+
+def test_quantize_refuses_to_requantize_blocks_to_other_bits(capsys, trained_checkpoint, tmp_path):
+    from codegemma.gguf.writer import write_gguf
+
+    gguf = write_gguf(trained_checkpoint, tmp_path / "m.gguf", "q4_0")
+    assert main(["quantize", str(gguf), str(tmp_path / "q8"), "--bits", "8"]) == 1
+    message = capsys.readouterr().err
+    assert "4-bit blocks" in message and "--bits 4" in message
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

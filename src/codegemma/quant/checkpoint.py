@@ -47,9 +47,12 @@ LAYOUT = "row-groups"  # absent in files written before it: every weight stored 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
-def save_quantized(model: GemmaForCausalLM, source_dir: Path, out_dir: Path, mode: str) -> None:
-    """Write `model` (already quantized to `mode`) and the tokenizer of `source_dir`. The
-    model's weights are regrouped in place (16-row groups: the same values, the stored layout)."""
+def save_quantized(
+    model: GemmaForCausalLM, tokenizer: dict[str, Path | bytes], out_dir: Path, mode: str
+) -> None:
+    """Write `model` (already quantized to `mode`) and its tokenizer files (name -> a file
+    to copy or the bytes to write). The model's weights are regrouped in place (16-row groups:
+    the same values, the stored layout)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_for_kernels(model, row_groups=True)
     quantized = {f"{name}.weight" for name, _ in quantizable(model)}
@@ -69,9 +72,11 @@ def save_quantized(model: GemmaForCausalLM, source_dir: Path, out_dir: Path, mod
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_aligned(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     drop_cached(out_dir / "model.safetensors")  # read back in 2 MB pieces, mapped so
-    for file in TOKENIZER_FILES:
-        if (source_dir / file).is_file():
-            shutil.copyfile(source_dir / file, out_dir / file)
+    for name, content in tokenizer.items():
+        if isinstance(content, bytes):
+            (out_dir / name).write_bytes(content)
+        else:
+            shutil.copyfile(content, out_dir / name)
 
 
 def _stored(name: str, weight: object) -> dict[str, torch.Tensor]:
