@@ -126,11 +126,12 @@ def test_group_matvec_equals_the_row_kernel(kernels, quantize, rows_in):
 
 
 @pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
-def test_group_matvec_rows_do_not_depend_on_the_batch(kernels, quantize):
+@pytest.mark.parametrize("count", [6, 13])  # 13: more rows than one pass takes (8 + 5)
+def test_group_matvec_rows_do_not_depend_on_the_batch(kernels, quantize, count):
     grouped = regroup(quantize(weights(64, 256, seed=3)))
-    x = torch.randn(6, 256, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(count, 256, generator=torch.Generator().manual_seed(6))
     together = kernels.matvec(x, grouped)
-    alone = torch.cat([kernels.matvec(x[i : i + 1], grouped) for i in range(6)])
+    alone = torch.cat([kernels.matvec(x[i : i + 1], grouped) for i in range(count)])
     assert torch.equal(together, alone)
 
 

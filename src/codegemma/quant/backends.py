@@ -60,7 +60,7 @@ class NativeBackend:
             return F.linear(x, weight)
         if x.dim() == 2 or x.shape[-2] == 1:  # one new token per sequence: decode
             flat = x.reshape(-1, x.shape[-1]).float()
-            if flat.shape[0] <= MAX_ROWS:
+            if flat.shape[0] <= MAX_ROWS or isinstance(weight, RowGroups):  # any rows
                 return self.kernels.matvec(flat, weight).view(*x.shape[:-1], -1)
             parts = [
                 self.kernels.matvec(flat[i : i + MAX_ROWS], weight)

@@ -14,7 +14,7 @@ import torch
 
 from codegemma.model import Linear, RMSNorm
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
-from codegemma.quant.native import MAX_ROWS, NativeKernels, weight_layout
+from codegemma.quant.native import NativeKernels, weight_layout
 from codegemma.quant.row_groups import RowGroups
 
 _GROUPS_KIND = 100  # kind 100 + bits: row groups (decode_step.c)
@@ -131,25 +131,23 @@ class DecodeStep:
         cos, sin = (table.reshape(B, hd).contiguous() for table in rope)
         first = torch.zeros(B, dtype=torch.int64) if pad is None else pad.to(torch.int64)
         first = first.contiguous()
-        for r in range(0, B, MAX_ROWS):
-            rows = min(MAX_ROWS, B - r)
-            work = self._work_floats(self.kernels.decode_work_floats(dims, rows, start))
-            self.kernels.decode_layers(
-                layers,
-                len(layers),
-                dims,
-                x[r:],
-                rows,
-                cos[r:],
-                sin[r:],
-                cache.keys,
-                cache.values,
-                r * dims.row_stride,
-                start,
-                first[r:],
-                work,
-                max(D, dims.heads * hd, dims.intermediate),  # the widest projection input
-            )
+        work = self._work_floats(self.kernels.decode_work_floats(dims, B, start))
+        self.kernels.decode_layers(
+            layers,
+            len(layers),
+            dims,
+            x,
+            B,
+            cos,
+            sin,
+            cache.keys,
+            cache.values,
+            0,
+            start,
+            first,
+            work,
+            max(D, dims.heads * hd, dims.intermediate),  # the widest projection input
+        )
         return x.view(B, 1, D)
 
     def _work_floats(self, count: int) -> torch.Tensor:

@@ -957,12 +957,17 @@ static void groups_task_scalar(void *p, int64_t begin, int64_t end) {
     groups_rows_scalar((groups_args *)p, begin, end);
 }
 
-/* y (M, N) = x (M, K) @ W^T for W in row groups, M <= 8; `portable` forces the scalar code.
- * Scratch: M * (K + K/32 * 8) bytes. Returns 0, or -1 on bad arguments. */
+static void gemm_groups_task(void *p, int64_t begin, int64_t end);
+
+/* y (M, N) = x (M, K) @ W^T for W in row groups; more than 8 rows of x go 8 at a time past
+ * each group of weight rows (cg_gemm_groups' loop: the same numbers per row, the weights read
+ * once). `portable` (M <= 8 only) forces the scalar code. Scratch: M * (K + K/32 * 8) bytes.
+ * Returns 0, or -1 on bad arguments. */
 int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *scales,
                      int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
                      void *scratch, int portable) {
-    if (M < 1 || M > CG_MAX_M || K % CG_BLOCK || N % CG_GROUP || (bits != 8 && bits != 4))
+    if (M < 1 || (portable && M > CG_MAX_M) || K % CG_BLOCK || N % CG_GROUP ||
+        (bits != 8 && bits != 4))
         return -1;
     int64_t nb = K / CG_BLOCK;
     int8_t *q = (int8_t *)scratch;
@@ -972,7 +977,8 @@ int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *sc
     block_sums(q, M, K, bits == 8 ? 128 : 8, sums);
     groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, q, d,
                      sums, y, M, N, K, NULL, 0};
-    pool_run(pool, portable ? groups_task_scalar : groups_task, &a, N / CG_GROUP);
+    if (M > CG_MAX_M) pool_run(pool, gemm_groups_task, &a, N / CG_GROUP);
+    else pool_run(pool, portable ? groups_task_scalar : groups_task, &a, N / CG_GROUP);
     return 0;
 }
 

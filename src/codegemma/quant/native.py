@@ -183,8 +183,9 @@ class NativeKernels:
         weight: torch.Tensor | Int8Blocks | Int4Blocks | RowGroups,
         portable: bool = False,
     ) -> torch.Tensor:
-        """x (M, K) float32 with M <= 8, weight (N, K) -> (M, N) float32. `portable` runs
-        row groups through the plain C loops (what CPUs without VNNI would run)."""
+        """x (M, K) float32, weight (N, K) -> (M, N) float32; M <= 8, or any M for row
+        groups (each row the numbers it gets alone). `portable` runs row groups through the
+        plain C loops (what CPUs without VNNI would run; M <= 8)."""
         if x.dim() != 2 or x.shape[1] != weight.shape[1]:
             shapes = f"x {list(x.shape)}, weight {list(weight.shape)}"
             raise ValueError(f"matvec rejected shapes {shapes}")
