@@ -163,24 +163,26 @@ def measure(
     return worker(engine, path, args.threads, *options)
 
 
-COLUMNS = [
-    ("load_s", "load s", ".1f"),
-    ("load_to_first_token_s", "load+1st tok s", ".1f"),
-    ("prefill128_tok_s", "pp128 t/s", ".1f"),
-    ("prefill512_tok_s", "pp512 t/s", ".1f"),
-    ("ttft128_s", "TTFT128 s", ".2f"),
-    ("decode_tok_s", "tg64 t/s", ".2f"),
-    ("batch4_tok_s", "b4 t/s", ".2f"),
-    ("batch8_tok_s", "b8 t/s", ".2f"),
-    ("peak_rss_gb", "RSS GB", ".2f"),
-]
+def columns(batches: list[int]) -> list[tuple[str, str, str]]:
+    """(figure, heading, format) of every table column; one per batch size measured."""
+    return [
+        ("load_s", "load s", ".1f"),
+        ("load_to_first_token_s", "load+1st tok s", ".1f"),
+        ("prefill128_tok_s", "pp128 t/s", ".1f"),
+        ("prefill512_tok_s", "pp512 t/s", ".1f"),
+        ("ttft128_s", "TTFT128 s", ".2f"),
+        ("decode_tok_s", "tg64 t/s", ".2f"),
+        *((f"batch{b}_tok_s", f"b{b} t/s", ".2f") for b in batches),
+        ("peak_rss_gb", "RSS GB", ".2f"),
+    ]
 
 
-def table(results: dict[str, dict]) -> str:
-    head = "| engine | " + " | ".join(c[1] for c in COLUMNS) + " | load before / after |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+def table(results: dict[str, dict], batches: list[int]) -> str:
+    shown = columns(batches)
+    head = "| engine | " + " | ".join(c[1] for c in shown) + " | load before / after |"
+    lines = [head, "|" + "---|" * (len(shown) + 2)]
     for name, r in results.items():
-        cells = [format(r[k], f) if isinstance(r.get(k), float) else "n/a" for k, _, f in COLUMNS]
+        cells = [format(r[k], f) if isinstance(r.get(k), float) else "n/a" for k, _, f in shown]
         load = r.get("load_avg")
         cells.append(f"{load[0]:.1f} / {load[1]:.1f}" if load else "n/a")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -292,14 +294,13 @@ def main() -> None:
     report = (
         f"\n## {when} — {args.preset} shapes, {args.threads} threads\n\n"
         f"Machine: {machine()}. Command: `python benchmarks/speed.py "
-        f"--threads {args.threads} --rounds {args.rounds}"
-        + (f" --paired-decode {args.paired_decode}" if args.paired_decode else "")
+        + " ".join(sys.argv[1:])
         + "` (engines in turn, best figure of "
         "the rounds, highest RSS; each file dropped from the page cache and read again "
         "before each load). "
         "Conversion: "
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
-        + f".\n\n{table(results)}\n\nRatios (same run):\n{ratios(results)}\n"
+        + f".\n\n{table(results, args.batches)}\n\nRatios (same run):\n{ratios(results)}\n"
     )
     if args.paired_decode:
         report += (
