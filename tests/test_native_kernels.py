@@ -6,6 +6,7 @@ import torch
 
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
 from codegemma.quant.native import NativeKernels
+from codegemma.quant.row_groups import regroup
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,14 @@ def test_float32_scales(kernels):
 @pytest.mark.parametrize("kind", ["bfloat16", "int8", "int4"])
 def test_a_row_does_not_depend_on_its_batch(kernels, kind):
     # Batched decoding must give each sequence the numbers it gets alone (bit for bit),
-    # however many rows the kernel handles together (103 rows: odd remainders too).
+    # however many rows the kernel handles together (103 rows: odd remainders too; past 8
+    # rows of x, tiles of 8 rows against pieces of the weight).
     w = weights(103, 320, seed=13)
     w = {"bfloat16": w.bfloat16(), "int8": quantize_int8(w), "int4": quantize_int4(w)}[kind]
-    x = torch.randn(8, 320, generator=torch.Generator().manual_seed(14))
-    alone = torch.cat([kernels.matvec(x[i : i + 1], w) for i in range(8)])
-    for size in (2, 3, 5, 8):
-        assert torch.equal(kernels.matvec(x[:size], w), alone[:size])
+    x = torch.randn(21, 320, generator=torch.Generator().manual_seed(14))
+    alone = torch.cat([kernels.matvec(x[i : i + 1], w) for i in range(21)])
+    for size in (2, 3, 5, 8, 9, 16, 21):
+        assert torch.equal(kernels.matvec(x[:size], w), alone[:size]), size
 
 
 def test_thread_count_does_not_change_results(kernels):
@@ -144,6 +146,9 @@ def test_many_small_calls_keep_their_results(kernels):
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_rejects_too_many_rows(kernels):
+def test_portable_group_code_rejects_more_than_eight_rows(kernels):
+    # any number of rows runs (test above); the portable check path stays at 8
+    grouped = regroup(quantize_int8(weights(16, 64, seed=0)))
+    assert kernels.matvec(torch.randn(9, 64), grouped).shape == (9, 16)
     with pytest.raises(ValueError, match="rejected"):
-        kernels.matvec(torch.randn(9, 64), quantize_int8(weights(8, 64, seed=0)))
+        kernels.matvec(torch.randn(9, 64), grouped, portable=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
 from codegemma.quant.decode_step import DecodeStep
-from codegemma.quant.native import MAX_ROWS, NativeKernels
+from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import GROUP, RowGroups
 
 Weight = torch.Tensor | Int8Blocks | Int4Blocks | RowGroups
@@ -60,13 +60,7 @@ class NativeBackend:
             return F.linear(x, weight)
         if x.dim() == 2 or x.shape[-2] == 1:  # one new token per sequence: decode
             flat = x.reshape(-1, x.shape[-1]).float()
-            if flat.shape[0] <= MAX_ROWS or isinstance(weight, RowGroups):  # any rows
-                return self.kernels.matvec(flat, weight).view(*x.shape[:-1], -1)
-            parts = [
-                self.kernels.matvec(flat[i : i + MAX_ROWS], weight)
-                for i in range(0, flat.shape[0], MAX_ROWS)
-            ]
-            return torch.cat(parts).view(*x.shape[:-1], -1)
+            return self.kernels.matvec(flat, weight).view(*x.shape[:-1], -1)
         if self._bytes_serve(weight):
             flat = x.reshape(-1, x.shape[-1]).float()
             out = torch.empty(flat.shape[0], weight.shape[0], dtype=torch.float32)

@@ -25,7 +25,6 @@ int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *sc
                      void *scratch, int portable);
 
 #define CG_GROUPS_KIND 100 /* kind 100 + bits: a weight regrouped 16 rows at a time */
-#define CG_ROWS_AT_ONCE 8  /* rows of x cg_matvec takes (kernels.c: CG_MAX_M) */
 
 /* A weight as `matvec` reads it: (rows, cols), kind 16 (bfloat16 rows), 8 / 4 (block rows with
  * byte strides) or 108 / 104 (row groups). */
@@ -49,21 +48,15 @@ typedef struct {
     float eps, scale;      /* RMSNorm epsilon, attention scale */
 } cg_dims;
 
-/* y (M, rows) = x (M, cols) @ W^T. Row groups take every row at once (each group of weight
- * rows read once for all of them); other layouts go 8 rows at a time. */
+/* y (M, rows) = x (M, cols) @ W^T, any M: the weight is read once for all rows. */
 static int project(cg_pool *pool, const cg_weight *w, const float *x, float *y, int64_t M,
                    void *scratch) {
     if (w->kind > CG_GROUPS_KIND)
         return cg_matvec_groups(pool, (int)(w->kind - CG_GROUPS_KIND), w->values, w->scales,
                                 (int)w->scale_f32, x, y, M, w->rows, w->cols, scratch, 0);
-    for (int64_t m = 0; m < M; m += CG_ROWS_AT_ONCE) {
-        int64_t rows = M - m < CG_ROWS_AT_ONCE ? M - m : CG_ROWS_AT_ONCE;
-        int status = cg_matvec(pool, (int)w->kind, w->values, w->value_row, w->value_block,
-                               w->scales, w->scale_row, w->scale_block, (int)w->scale_f32,
-                               x + m * w->cols, y + m * w->rows, rows, w->rows, w->cols, scratch);
-        if (status) return status;
-    }
-    return 0;
+    return cg_matvec(pool, (int)w->kind, w->values, w->value_row, w->value_block, w->scales,
+                     w->scale_row, w->scale_block, (int)w->scale_f32, x, y, M, w->rows, w->cols,
+                     scratch);
 }
 
 /* Sum of a[i] * b[i] in 16 lanes, then the lanes pairwise (the compiler vectorizes it). */

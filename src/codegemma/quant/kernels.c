@@ -569,16 +569,41 @@ static void matvec_task(void *p, int64_t begin, int64_t end) {
     }
 }
 
-/* y (M, N) = x (M, K) @ W^T for M <= 8. Strides in bytes; returns 0, or -1 on bad arguments.
- * Block weights use x quantized to int8 blocks, bfloat16 weights on CG_BF16_DOT CPUs x rounded
- * to bfloat16: the caller gives M * (2K + K/32*4) bytes of scratch. */
+/* More than 8 rows of x: a few weight rows at a time meet every 8 rows of x while they are in
+ * the cache, so the weights are read once however many rows x has. Each tile is the same call
+ * (same M) that 8 rows at a time would make: the same numbers per row. */
+#define CG_TILE_WEIGHT_ROWS 16
+
+static void matvec_tiles_task(void *p, int64_t begin, int64_t end) {
+    const matvec_args *a = (const matvec_args *)p;
+    const int64_t nb = a->K / CG_BLOCK;
+    for (int64_t o = begin; o < end; o += CG_TILE_WEIGHT_ROWS) {
+        int64_t stop = o + CG_TILE_WEIGHT_ROWS < end ? o + CG_TILE_WEIGHT_ROWS : end;
+        for (int64_t m0 = 0; m0 < a->M; m0 += CG_MAX_M) {
+            matvec_args tile = *a;
+            tile.M = a->M - m0 < CG_MAX_M ? a->M - m0 : CG_MAX_M;
+            tile.x = a->x + m0 * a->K;
+            tile.y = a->y + m0 * a->N;
+            if (a->xq.q) tile.xq.q = a->xq.q + m0 * a->K;
+            if (a->xq.d) tile.xq.d = a->xq.d + m0 * nb;
+            if (a->xb) tile.xb = a->xb + m0 * a->K;
+            matvec_task(&tile, o, stop);
+        }
+    }
+}
+
+/* y (M, N) = x (M, K) @ W^T (any M; see matvec_tiles_task past 8). Strides in bytes; returns
+ * 0, or -1 on bad arguments. Block weights use x quantized to int8 blocks, bfloat16 weights on
+ * CG_BF16_DOT CPUs x rounded to bfloat16: the caller gives M * (2K + K/32*4) bytes of
+ * scratch. */
 int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
               int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
               int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
               void *scratch) {
-    if (M < 1 || M > CG_MAX_M || (kind != 16 && K % CG_BLOCK)) return -1;
+    if (M < 1 || (kind != 16 && K % CG_BLOCK)) return -1;
     matvec_args a = {kind, (const uint8_t *)values, (const uint8_t *)scales, value_row,
-                     value_block, scale_row, scale_block, scale_f32, x, {NULL, NULL}, y, M, N, K};
+                     value_block, scale_row, scale_block, scale_f32, x, {NULL, NULL}, y, M, N, K,
+                     NULL};
     if (kind != 16) {
         int8_t *q = (int8_t *)scratch;
         float *d = (float *)(q + M * K);
@@ -592,7 +617,7 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
         a.xb = xb;
 #endif
     }
-    pool_run(pool, matvec_task, &a, N);
+    pool_run(pool, M > CG_MAX_M ? matvec_tiles_task : matvec_task, &a, N);
     return 0;
 }
 

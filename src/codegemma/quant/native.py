@@ -27,7 +27,6 @@ from codegemma.quant.row_groups import GROUP, RowGroups
 SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("decode_step.c"))
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-std=c11"]
 OPENMP_FLAG = "-fopenmp"  # tried first; compilers without OpenMP build the library without it
-MAX_ROWS = 8  # the kernels serve up to this many input rows (decode batches)
 _KIND = {torch.bfloat16: 16, Int8Blocks: 8, Int4Blocks: 4}
 
 
@@ -183,9 +182,10 @@ class NativeKernels:
         weight: torch.Tensor | Int8Blocks | Int4Blocks | RowGroups,
         portable: bool = False,
     ) -> torch.Tensor:
-        """x (M, K) float32, weight (N, K) -> (M, N) float32; M <= 8, or any M for row
-        groups (each row the numbers it gets alone). `portable` runs row groups through the
-        plain C loops (what CPUs without VNNI would run; M <= 8)."""
+        """x (M, K) float32, weight (N, K) -> (M, N) float32, any M: past 8 rows, the rows of
+        x go 8 at a time past each piece of the weight while it is in the cache (each row the
+        numbers it gets alone). `portable` runs row groups through the plain C loops (what
+        CPUs without VNNI would run; M <= 8)."""
         if x.dim() != 2 or x.shape[1] != weight.shape[1]:
             shapes = f"x {list(x.shape)}, weight {list(weight.shape)}"
             raise ValueError(f"matvec rejected shapes {shapes}")
