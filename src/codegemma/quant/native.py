@@ -222,19 +222,18 @@ class NativeKernels:
         count: int,
         dims,
         x: torch.Tensor,
-        rows: int,
         cos: torch.Tensor,
         sin: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        cache_offset: int,
         slot: int,
         first: torch.Tensor,
         work: torch.Tensor,
         widest_input: int,
     ) -> None:
-        """Run `rows` rows of x through `count` layers in place (decode_step.c). x, cos, sin and
-        first start at the first row; the caches' rows start `cache_offset` floats in."""
+        """Run every row of x (one per row of the caches) through `count` layers in place
+        (decode_step.c)."""
+        rows = x.shape[0]
         # what a projection of the widest input needs, in either layout
         need = max(_rows_scratch(rows, widest_input), _groups_scratch(rows, widest_input))
         scratch = self._scratch_bytes(need)
@@ -247,8 +246,8 @@ class NativeKernels:
             rows,
             cos.data_ptr(),
             sin.data_ptr(),
-            keys.data_ptr() + cache_offset * 4,
-            values.data_ptr() + cache_offset * 4,
+            keys.data_ptr(),
+            values.data_ptr(),
             slot,
             first.data_ptr(),
             work.data_ptr(),
