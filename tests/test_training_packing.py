@@ -5,9 +5,9 @@ import re
 import pytest
 
 from codegemma.fim import FILE_SEPARATOR, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from codegemma.gitignore import IgnoreRules
 from codegemma.training.dataset import Document, pack_rows, split_rows
 from codegemma.training.fim_transform import FimOptions
-from codegemma.training.gitignore import IgnoreRules
 from codegemma.training.repo_packing import (
     order_files,
     packed_text,

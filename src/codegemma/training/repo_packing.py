@@ -15,15 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from codegemma.fim import FILE_SEPARATOR
+from codegemma.source_tree import MAX_FILE_BYTES, SOURCE_SUFFIXES, read_text, walk
 from codegemma.training.dataset import Document
-from codegemma.training.gitignore import IgnoreRules
-
-SOURCE_SUFFIXES = frozenset(
-    ".py .pyi .js .jsx .ts .tsx .mjs .c .h .cc .cpp .hpp .cs .go .java .kt .rs .rb .php .swift "
-    ".scala .sh .md .rst .txt .toml .yaml .yml .json .cfg .ini .html .css .sql".split()
-)
-MAX_FILE_BYTES = 1_000_000  # larger files are data or generated code, not worth training on
-_SNIFF_BYTES = 8192
 
 _JS_IMPORT = re.compile(r"""(?:from\s+|require\(\s*|import\s*\(?\s*)['"](\.{1,2}/[^'"]+)['"]""")
 _C_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
@@ -46,39 +39,15 @@ def repository_files(
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
     allowed = None if suffixes is None else frozenset(suffixes)
-    rules = IgnoreRules(root)
     files: dict[str, str] = {}
-    for path in sorted(_walk(root, rules)):
+    for path in sorted(walk(root)):
         rel = path.relative_to(root).as_posix()
         if allowed is not None and path.suffix not in allowed:
             continue
-        text = _read_text(path, max_bytes)
+        text = read_text(path, max_bytes)
         if text is not None:
             files[rel] = text
     return files
-
-
-def _walk(directory: Path, rules: IgnoreRules):
-    for entry in sorted(directory.iterdir()):
-        if entry.name == ".git" or entry.is_symlink():
-            continue
-        if entry.is_dir():
-            if not rules.ignored(entry, is_dir=True):
-                yield from _walk(entry, rules)
-        elif entry.is_file() and not rules.ignored(entry, is_dir=False):
-            yield entry
-
-
-def _read_text(path: Path, max_bytes: int) -> str | None:
-    if path.stat().st_size > max_bytes:
-        return None
-    data = path.read_bytes()
-    if b"\0" in data[:_SNIFF_BYTES]:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def import_graph(files: dict[str, str]) -> dict[str, set[str]]:
