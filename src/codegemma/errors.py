@@ -19,3 +19,7 @@ class PromptTooLongError(CodeGemmaError):
 
 class InvalidRequestError(CodeGemmaError, ValueError):
     """Arguments to a generation call that make no sense (bad sampling values, bad messages)."""
+
+
+class MissingExtraError(CodeGemmaError):
+    """A feature whose optional extra (`pip install 'codegemma[extra]'`) is not installed."""

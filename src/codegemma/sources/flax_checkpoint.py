@@ -24,9 +24,9 @@ import torch
 
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
+from codegemma.optional import require
 from codegemma.sources.base import SourceCheckpoint, tensor_from_array
 from codegemma.sources.einsum import LAYOUTS
-from codegemma.sources.optional import require
 
 TOKENIZER_FILES = ("spm.model", "tokenizer.model")
 # Files orbax writes at the top of a checkpoint folder (new and old versions).
@@ -160,7 +160,9 @@ class _ArrayStore:
     """The zarr arrays of one orbax checkpoint folder, by normalised tree path."""
 
     def __init__(self, directory: Path) -> None:
-        self.ts = require("tensorstore", "flax", "reading Flax (orbax) checkpoints")
+        self.ts = require(
+            "tensorstore", "flax", "reading Flax (orbax) checkpoints", CheckpointError
+        )
         self.directory = directory
         if (directory / "manifest.ocdbt").is_file():
             self.kvstore = {"driver": "ocdbt", "base": f"file://{directory.resolve()}/"}

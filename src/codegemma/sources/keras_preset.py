@@ -18,9 +18,9 @@ import torch
 
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
+from codegemma.optional import require
 from codegemma.sources.base import SourceCheckpoint, tensor_from_array
 from codegemma.sources.einsum import LAYOUTS
-from codegemma.sources.optional import require
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -124,7 +124,7 @@ def _config(directory: Path) -> GemmaConfig:
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every dataset of the weight file(s) by its path, as tensors."""
-    h5py = require("h5py", "keras", "reading keras-hub presets")
+    h5py = require("h5py", "keras", "reading keras-hub presets", CheckpointError)
     arrays: dict[str, torch.Tensor] = {}
     for path in _weight_files(directory):
         with h5py.File(path, "r") as file:
