@@ -2,7 +2,7 @@
 
     bash benchmarks/setup.sh                 # llama-cpp-python for the peer (not a package dep)
     python benchmarks/speed.py [--work DIR] [--threads N] [--rounds N] [--skip transformers]
-        [--paired-decode N]
+        [--paired-decode N] [--isa avx2]
 
 Writes a random-weight model with the exact CodeGemma-2B shapes (Hugging Face layout), our
 int8/int4 checkpoints (`codegemma quantize`), GGUF F16/Q8_0/Q4_0 files (`codegemma convert`),
@@ -11,6 +11,12 @@ time to first token, decode tok/s over 64 tokens, batched decode throughput, pea
 a table with ratios and appends it, dated, to BENCHMARKS.md. This machine's speed changes from
 minute to minute; `--paired-decode N` adds decode measured N times per precision, ours and
 llama.cpp back to back, and the median ratio of those pairs.
+
+`--isa avx2` measures every engine as on a CPU with AVX2/FMA/F16C and no AVX-512: our kernels
+built for haswell (CODEGEMMA_KERNEL_ARCH), PyTorch limited by ATEN_CPU_CAPABILITY=avx2 and
+ONEDNN_MAX_CPU_ISA=AVX2 (ours and transformers), llama.cpp built with GGML_NATIVE=OFF
+GGML_AVX2=ON GGML_AVX512=OFF (benchmarks/build_llama_cpp.sh avx2). The report names the CPU's
+flags and the instruction sets each engine says it used.
 """
 
 from __future__ import annotations
@@ -132,13 +138,45 @@ def combine(runs: list[dict]) -> dict:
     return merged
 
 
-def worker(engine: str, path: Path, threads: int, *options: str) -> dict:
+# what an AVX2-only CPU runs, emulated on a wider one (see the module docstring)
+AVX2_ENV = {
+    "CODEGEMMA_KERNEL_ARCH": "haswell",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
+
+
+def isa_environment(isa: str, llama_build: Path | None) -> dict[str, str]:
+    """The environment of every worker: the CPU class to emulate and which llama.cpp build
+    llama-cpp-python loads (LLAMA_CPP_LIB_PATH)."""
+    env = dict(os.environ)
+    if isa == "avx2":
+        env.update(AVX2_ENV)
+    if llama_build is not None:
+        env["LLAMA_CPP_LIB_PATH"] = str(llama_build)
+    return env
+
+
+def llama_build_dir(isa: str) -> Path | None:
+    """The bin/ folder of llama.cpp built for `isa` by build_llama_cpp.sh (built on first
+    use), or None if the build fails (llama-cpp-python's own library is used then, for
+    `native` only)."""
+    try:
+        out = run(["bash", str(HERE / "build_llama_cpp.sh"), isa])
+    except subprocess.CalledProcessError:
+        if isa != "native":
+            raise
+        return None
+    return Path(out.strip().splitlines()[-1])
+
+
+def worker(engine: str, path: Path, threads: int, *options: str, env=None) -> dict:
     """Run speed_worker.py on one engine and file in a fresh process: its figures, or
     {"error": ...} if it failed."""
     cmd = [sys.executable, str(HERE / "speed_worker.py"), engine, str(path)]
     cmd += ["--threads", str(threads), *options]
     try:
-        return json.loads(run(cmd).strip().splitlines()[-1])
+        return json.loads(run(cmd, env=env).strip().splitlines()[-1])
     except (subprocess.CalledProcessError, ValueError, IndexError) as exc:
         return {"error": str(exc)[:200]}
 
@@ -160,7 +198,7 @@ def measure(
     ]
     if engine != "llama.cpp" and not decode_only:  # llama-cpp-python decodes one sequence
         options += ["--batches", ",".join(map(str, args.batches))]
-    return worker(engine, path, args.threads, *options)
+    return worker(engine, path, args.threads, *options, env=args.env)
 
 
 def columns(batches: list[int]) -> list[tuple[str, str, str]]:
@@ -219,24 +257,53 @@ def ratios(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+)
+
+
 def machine() -> str:
+    """The CPU's model, cores and the SIMD flags that matter here."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        for line in lines:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        flags = next(
-            x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")
-        )
-        simd = [
-            f
-            for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-            if f in flags.split()
-        ]
+        flags = next(x for x in lines if x.startswith("flags")).split()
+        simd = [f for f in SIMD_FLAGS if f in flags]
     except (OSError, StopIteration):
         simd = []
-    return f"{cpu}, {os.cpu_count()} cores ({', '.join(simd) or 'no AVX2'})"
+    return f"{cpu}, {os.cpu_count()} cores (flags: {' '.join(simd) or 'no AVX2'})"
+
+
+def isa_report(isa: str, results: dict[str, dict]) -> str:
+    """Which CPU class was measured, and the instruction sets each engine reported."""
+    if isa == "avx2":
+        emulated = ", ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+        measured = (
+            f"AVX2 only, emulated ({emulated}; llama.cpp built with GGML_NATIVE=OFF "
+            "GGML_AVX2=ON GGML_AVX512=OFF)"
+        )
+    else:
+        measured = "this CPU (native builds)"
+    lines = [f"CPU class measured: {measured}."]
+    seen = {}
+    for name, result in results.items():
+        engine = name.split()[0]
+        if result.get("isa") and engine not in seen:
+            seen[engine] = result["isa"]
+    lines += [f"- {engine}: {text}" for engine, text in seen.items()]
+    return "\n".join(lines)
 
 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:
@@ -273,12 +340,19 @@ def main() -> None:
     parser.add_argument("--transformers-decode", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2, help="prefill runs; the fastest counts")
     parser.add_argument(
+        "--isa",
+        choices=("native", "avx2"),
+        default="native",
+        help="CPU class: this CPU, or AVX2 only (emulated on an AVX-512 CPU)",
+    )
+    parser.add_argument(
         "--paired-decode",
         type=int,
         default=0,
         help="then measure decode this many times per precision, ours and llama.cpp alternately",
     )
     args = parser.parse_args()
+    args.env = isa_environment(args.isa, llama_build_dir(args.isa))
     files, timings = prepare(args.work / args.preset, args.preset)
     t_prompts = [int(x) for x in args.transformers_prompts.split(",")]
     runs: dict[str, list[dict]] = {}
@@ -300,7 +374,8 @@ def main() -> None:
         "before each load). "
         "Conversion: "
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
-        + f".\n\n{table(results, args.batches)}\n\nRatios (same run):\n{ratios(results)}\n"
+        + f".\n\n{isa_report(args.isa, results)}\n\n{table(results, args.batches)}\n\n"
+        f"Ratios (same run):\n{ratios(results)}\n"
     )
     if args.paired_decode:
         report += (

@@ -42,6 +42,7 @@ def run_codegemma(path: str, args) -> dict:
         "weights": lm.weights,
         "build_s": lm.acceleration.build_seconds,
         "layout_s": lm.acceleration.layout_seconds,  # regrouping weights, part of load_s
+        "isa": _our_isa(lm),
     }
 
     def timed_steps(prompts: list[list[int]], steps: int) -> tuple[float, list[float]]:
@@ -82,10 +83,20 @@ def run_codegemma(path: str, args) -> dict:
     return result
 
 
+def _our_isa(lm) -> str:
+    """The instruction sets our kernels were built for, and PyTorch's CPU dispatch level."""
+    native = lm.acceleration.native
+    torch_level = torch.backends.cpu.get_cpu_capability()
+    if native is None:
+        return f"plain PyTorch ({torch_level})"
+    return f"kernels -march={native.arch}: {native.isa}; PyTorch {torch_level}"
+
+
 # ------------------------------------------------------------------------------ llama.cpp
 
 
 def run_llama_cpp(path: str, args) -> dict:
+    import llama_cpp
     from llama_cpp import Llama
 
     started = time.perf_counter()
@@ -100,6 +111,7 @@ def run_llama_cpp(path: str, args) -> dict:
         verbose=False,
     )
     result = {"load_s": time.perf_counter() - started}
+    result["isa"] = llama_cpp.llama_print_system_info().decode().strip()
     llm.eval(token_ids(16, 0))  # warm up, as for codegemma: the first token after loading
     llm.sample(temp=0.0)
     result["load_to_first_token_s"] = time.perf_counter() - started
@@ -137,6 +149,7 @@ def run_transformers(path: str, args) -> dict:
     started = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     result = {"load_s": time.perf_counter() - started}
+    result["isa"] = f"PyTorch {torch.backends.cpu.get_cpu_capability()}"
 
     def steps(prompts: list[list[int]], count: int) -> tuple[float, list[float]]:
         ids = torch.tensor(prompts)

@@ -14,7 +14,6 @@ from tiny_models import ScriptedModel, tiny_config
 from codegemma.engine import CodeGemma
 from codegemma.random_model import random_model
 from codegemma.serving.app import create_app, model_info
-from codegemma.serving.prompts import PromptBuilder
 from codegemma.serving.scheduler import Scheduler
 
 
@@ -33,9 +32,8 @@ def lively_engine(tokenizer, seed: int = 0, **config) -> CodeGemma:
 @contextlib.contextmanager
 def running_server(lm, *, api_key=None, max_body_bytes=1 << 20, fim_mode="spm", **scheduler):
     """Serve `lm` on 127.0.0.1 at a free port; yields (base URL, scheduler); always shuts down."""
-    prompts = PromptBuilder(lm.tokenizer, lm.context_length, fim_mode=fim_mode)
     scheduler.setdefault("threads", 1)  # tiny models; a busy machine stalls OpenMP teams
-    jobs = Scheduler(lm, prompts, **scheduler).start()
+    jobs = Scheduler(lm, fim_mode=fim_mode, **scheduler).start()
     app = create_app(jobs, model_info(lm, "tiny"), api_key=api_key, max_body_bytes=max_body_bytes)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

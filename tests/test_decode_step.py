@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import codegemma
-from codegemma.kv_cache import KVCache
 from codegemma.quant.decode_step import DecodeStep
 from codegemma.quant.row_groups import RowGroups
 
@@ -13,28 +12,21 @@ PROMPTS = ["def f(x):\n    return", "import os\n", "class Cache:\n    def get(se
 
 
 def decode_logits(lm, prompts, steps: int, fused: bool, feed=None):
-    """Logits (steps, B, V) of `steps` one-token forward passes after the left-padded prompts;
-    the tokens fed are `feed` (steps, B) or token ids 5, 6, ... for every row."""
+    """Logits (steps, B, V) of `steps` one-token forward passes of the batch after the prompts
+    (each in its own cache); the tokens fed are `feed` (steps, B) or ids 5, 6, ... for every
+    row. `fused`: the engine's native whole-stack step, else the model's layers."""
     lm.acceleration.backend.fused_decode = fused
-    model, config = lm.model, lm.model.config
+    engine = lm.batch()
     ids = [lm.tokenizer.encode(p) for p in prompts]
-    longest = max(len(i) for i in ids)
-    pad = torch.tensor([longest - len(i) for i in ids])
-    tokens = torch.tensor([[0] * (longest - len(i)) + i for i in ids])
-    cache = KVCache(
-        config.num_hidden_layers,
-        len(ids),
-        config.num_key_value_heads,
-        longest + steps,
-        config.head_dim,
-        dtype=model.activation_dtype,
-    )
+    caches = [lm.new_cache(len(i) + steps) for i in ids]
     out = []
     with torch.inference_mode():
-        model(tokens, cache=cache, pad=pad, logits_positions=slice(0, 0))
+        for prompt, cache in zip(ids, caches, strict=True):
+            with lm.acceleration.prompt_threads():
+                lm.model(torch.tensor([prompt]), caches=[cache], logits_positions=slice(0, 0))
         for step in range(steps):
-            fed = torch.full((len(ids), 1), 5 + step) if feed is None else feed[step][:, None]
-            out.append(model(fed, cache=cache, pad=pad)[:, -1])
+            fed = [5 + step] * len(ids) if feed is None else feed[step].tolist()
+            out.append(engine.decode(caches, fed))
     lm.acceleration.backend.fused_decode = True
     return torch.stack(out)
 
@@ -96,11 +88,10 @@ def test_fused_step_serves_grouped_and_multi_head_attention(mha_checkpoint, tiny
 
 @pytest.mark.parametrize("mode", [None, "int4"])
 def test_fused_batches_equal_single_runs_beyond_eight_rows(trained_checkpoint, mode):
-    # 10 rows: steps in chunks of 8 + 2. One prompt length: a padded prompt's attention
-    # (PyTorch's, masked) rounds differently from the same prompt alone, and float32 q/k
-    # from quantized weights show it; each row is fed different tokens after the prompt.
+    # 10 rows: steps in chunks of 8 + 2, prompts of different lengths (each row in its own
+    # cache), each row fed different tokens after its prompt
     lm = codegemma.load(trained_checkpoint, quantize=mode, kernels="native")
-    prompts = [PROMPTS[0]] * 10
+    prompts = [PROMPTS[i % 3] + " x" * i for i in range(10)]
     feed = torch.randint(3, 200, (5, 10), generator=torch.Generator().manual_seed(0))
     together = decode_logits(lm, prompts, 5, True, feed)
     for row, prompt in enumerate(prompts):
@@ -142,29 +133,25 @@ def test_unsupported_models_take_the_layer_path(trained_checkpoint, monkeypatch)
     calls = count_runs(monkeypatch)
     lm = codegemma.load(trained_checkpoint, dtype="float32", kernels="native")
     lm.generate(PROMPTS[0], max_new_tokens=3)  # float32 weights: PyTorch's own GEMV
-    lm = codegemma.load(trained_checkpoint, kernels="native")
-    with torch.enable_grad():  # gradients flow through PyTorch modules only
-        lm.model(torch.tensor([[5]]), cache=None)
     assert calls == []
+    lm = codegemma.load(trained_checkpoint, kernels="native")
+    lm.generate(PROMPTS[0], max_new_tokens=3)
+    assert calls == [1, 1]  # the first token comes from the prompt pass
+    with torch.enable_grad():  # gradients flow through PyTorch modules only
+        lm.batch().decode([lm.new_cache(4)], [5])
+    assert calls == [1, 1]
 
 
 def test_a_full_cache_is_refused_as_on_the_layer_path(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, kernels="native")
-    config = lm.model.config
-
-    def cache(rows: int, slots: int) -> KVCache:
-        return KVCache(
-            config.num_hidden_layers, rows, 1, slots, config.head_dim, dtype=torch.float32
-        )
-
     with torch.inference_mode():
         for fused in (True, False):
             lm.acceleration.backend.fused_decode = fused
-            full = cache(2, 4)
-            lm.model(torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]]), cache=full)
+            engine = lm.batch()
+            full = [lm.new_cache(4), lm.new_cache(4)]
+            for cache in full:
+                lm.model(torch.tensor([[5, 6, 7, 8]]), caches=[cache])
             with pytest.raises(ValueError, match="KV cache overflow"):
-                lm.model(torch.tensor([[9], [9]]), cache=full)
-        # the C step writes every row's slot itself: a cache of other rows is refused
-        lm.acceleration.backend.fused_decode = True
-        with pytest.raises(ValueError, match="1 new tokens for a cache of 2 rows"):
-            lm.model(torch.tensor([[9]]), cache=cache(2, 8))
+                engine.decode(full, [9, 9])
+        with pytest.raises(ValueError, match="1 new tokens for 2 caches"):
+            engine.decode([lm.new_cache(8), lm.new_cache(8)], [9])

@@ -69,8 +69,6 @@ def test_batch_equals_one_by_one(tiny_lm):
 
 
 def test_long_prompts_are_prefilled_in_chunks_with_the_same_result(tiny_lm, monkeypatch):
-    import codegemma.generation as generation
-
     calls = []
     forward = type(tiny_lm.model).forward
 
@@ -78,14 +76,18 @@ def test_long_prompts_are_prefilled_in_chunks_with_the_same_result(tiny_lm, monk
         calls.append(input_ids.shape[1])
         return forward(self, input_ids, **kw)
 
-    prompts = ["def f(x):\n    return x * 2\n" * 3, "x = [1, 2, 3]"]  # padded batch
-    whole = tiny_lm.generate(prompts, max_new_tokens=8)
-    monkeypatch.setattr(generation, "PREFILL_CHUNK", 7)
+    text = "def f(x):\n    return x * 2\n" * 3
+    whole = tiny_lm.generate(text, max_new_tokens=8)
     monkeypatch.setattr(type(tiny_lm.model), "forward", counting)
-    chunked = tiny_lm.generate(prompts, max_new_tokens=8)
-    assert calls[:2] == [7, 7]  # the prompt went through in chunks of 7
-    assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]
-    assert chunked[0].usage.prompt_tokens == whole[0].usage.prompt_tokens
+    engine = tiny_lm.batch(prefill_chunk=7)
+    sequence = tiny_lm.sequence(tiny_lm.prompts.text(text), max_new_tokens=8)
+    engine.add(sequence)
+    for _ in engine.run():
+        pass
+    prompt = whole.usage.prompt_tokens
+    assert calls[: prompt // 7] == [7] * (prompt // 7)  # the prompt went through in chunks of 7
+    assert sum(calls) == prompt + len(whole.token_ids) - 1  # then one token a step (the last unfed)
+    assert sequence.completion.token_ids == whole.token_ids
 
 
 def test_stream_pieces_join_to_the_result(tiny_lm):
@@ -171,7 +173,7 @@ def test_prompt_longer_than_context(tiny_tokenizer, tmp_path):
     lm = scripted(tiny_tokenizer, ["ok", "<eos>"])
     lm.model.config = lm.model.config.replace(max_position_embeddings=40)
     long_prefix = "".join(f"line_{i} = {i}\n" for i in range(60))
-    with pytest.raises(PromptTooLongError, match="context window holds 40"):
+    with pytest.raises(PromptTooLongError, match="40 in the context window"):
         lm.complete(long_prefix, "tail\n")
     result = lm.complete(long_prefix, "tail\n", truncate=True, max_new_tokens=4)
     assert result.usage.truncated_tokens > 0

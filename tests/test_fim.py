@@ -40,7 +40,7 @@ SEED_EXAMPLES = [
 
 @pytest.mark.parametrize("before, after, expected", SEED_EXAMPLES)
 def test_seed_prompts(before, after, expected):
-    assert fim_prompt(before, after) == expected
+    assert fim_prompt(before, after, mode="psm") == expected  # the seeds are in PSM order
 
 
 def test_spm_puts_the_suffix_first_so_typing_extends_the_end():
@@ -51,7 +51,11 @@ def test_spm_puts_the_suffix_first_so_typing_extends_the_end():
 
 def test_multi_file_context_comes_first_with_paths():
     prompt = fim_prompt(
-        "x = ", "", files=[ContextFile("a.py", "A = 1\n"), ("b.py", "B = 2\n")], path="c.py"
+        "x = ",
+        "",
+        files=[ContextFile("a.py", "A = 1\n"), ("b.py", "B = 2\n")],
+        path="c.py",
+        mode="psm",
     )
     assert prompt == (
         "a.py\nA = 1\n<|file_separator|>b.py\nB = 2\n<|file_separator|>"

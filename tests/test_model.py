@@ -6,7 +6,7 @@ import transformers
 
 from codegemma.config import GemmaConfig
 from codegemma.kv_cache import KVCache
-from codegemma.model import GemmaForCausalLM, positions_and_mask
+from codegemma.model import GemmaForCausalLM, token_positions
 from codegemma.random_model import random_model
 
 MQA = GemmaConfig(
@@ -78,29 +78,60 @@ def test_embedding_scale_is_rounded_to_bfloat16():
     assert captured["x"].flatten()[0].item() == 55.5
 
 
+def cache_for(config: GemmaConfig, capacity: int) -> KVCache:
+    return KVCache(
+        config.num_hidden_layers,
+        config.num_key_value_heads,
+        capacity,
+        config.head_dim,
+        dtype=torch.float32,
+    )
+
+
 def test_cached_decoding_equals_full_recomputation():
     model = random_model(MQA, seed=3)
     ids = torch.randint(0, MQA.vocab_size, (2, 20), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids, logits_positions=slice(None))
-        cache = KVCache(MQA.num_hidden_layers, 2, 1, 32, MQA.head_dim, dtype=torch.float32)
-        parts = [model(ids[:, :9], cache=cache, logits_positions=slice(None))]
-        parts.append(model(ids[:, 9:13], cache=cache, logits_positions=slice(None)))  # chunk
+        caches = [cache_for(MQA, 32), cache_for(MQA, 20)]
+        parts = [model(ids[:, :9], caches=caches, logits_positions=slice(None))]
+        parts.append(model(ids[:, 9:13], caches=caches, logits_positions=slice(None)))  # chunk
         for t in range(13, 20):
-            parts.append(model(ids[:, t : t + 1], cache=cache))  # one token at a time
-    assert cache.length == 20
+            parts.append(model(ids[:, t : t + 1], caches=caches))  # one token at a time
+    assert [c.length for c in caches] == [20, 20]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4, rtol=0)
 
 
-def test_left_padding_gives_the_unpadded_logits():
+def test_rows_of_different_lengths_step_together_as_alone():
+    # each row after its own cache: positions and attention follow that row's length
     model = random_model(MHA, seed=4)
-    short = torch.tensor([[7, 8, 9, 10]])
-    padded = torch.tensor([[0, 0, 0, 7, 8, 9, 10]])
+    prompts = [[7, 8, 9, 10], [11, 12], [13, 14, 15, 16, 17, 18, 19]]
     with torch.no_grad():
-        alone = model(short, logits_positions=slice(None))
-        in_batch = model(padded, pad=torch.tensor([3]), logits_positions=slice(3, None))
-    assert torch.allclose(alone, in_batch, atol=1e-5, rtol=0)
-    assert torch.isfinite(model(padded, pad=torch.tensor([3]), logits_positions=slice(None))).all()
+        caches = [cache_for(MHA, 16) for _ in prompts]
+        for ids, cache in zip(prompts, caches, strict=True):
+            model(torch.tensor([ids]), caches=[cache])
+        together = model(torch.tensor([[3], [4], [5]]), caches=caches)
+        for row, ids in enumerate(prompts):
+            alone = model(torch.tensor([ids + [3 + row]]))  # the whole sequence, no cache
+            assert torch.allclose(together[row], alone[0], atol=1e-5, rtol=0), row
+    assert [c.length for c in caches] == [5, 3, 8]
+
+
+def test_token_positions_follow_each_cache():
+    caches = [cache_for(MQA, 8), cache_for(MQA, 8)]
+    caches[1].length = 5
+    assert token_positions(caches, torch.Size((2, 3)), "cpu").tolist() == [[0, 1, 2], [5, 6, 7]]
+    assert token_positions(None, torch.Size((1, 2)), "cpu").tolist() == [[0, 1]]
+
+
+def test_a_cache_per_row_is_required():
+    model = random_model(MQA, seed=6)
+    with pytest.raises(ValueError, match="2 rows of tokens for 1 caches"):
+        model(torch.tensor([[1], [2]]), caches=[cache_for(MQA, 4)])
+    full = cache_for(MQA, 2)
+    model(torch.tensor([[1, 2]]), caches=[full])
+    with pytest.raises(ValueError, match="KV cache overflow"):
+        model(torch.tensor([[3]]), caches=[full])
 
 
 def test_lm_head_only_for_requested_positions():
@@ -111,13 +142,3 @@ def test_lm_head_only_for_requested_positions():
         every = model(ids, logits_positions=slice(None))
     assert last.shape == (1, 1, MQA.vocab_size)
     assert torch.allclose(last[0, 0], every[0, -1], atol=1e-5)
-
-
-def test_positions_and_mask_for_padded_rows():
-    positions, mask = positions_and_mask(torch.tensor([0, 2]), 0, torch.Size((2, 4)), "cpu")
-    assert positions.tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
-    assert mask.shape == (2, 1, 4, 4)
-    # Row 1, query slot 3 sees only real slots 2 and 3.
-    assert mask[1, 0, 3].tolist() == [False, False, True, True]
-    # Row 0 is plain causal.
-    assert mask[0, 0].tolist() == torch.ones(4, 4, dtype=torch.bool).tril().tolist()

@@ -257,3 +257,31 @@ def test_huge_page_memory_is_an_ordinary_tensor():
     big.fill_(7)
     assert big.shape == (3, 1 << 20) and int(big.sum()) == 7 * 3 * (1 << 20)
     assert small.shape == (4, 4) and small.dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def avx2_kernels():
+    k = NativeKernels(threads=2, arch="haswell")  # AVX2/FMA/F16C, no AVX-512: vpmaddubsw
+    yield k
+    k.close()
+
+
+@pytest.mark.parametrize("quantize", QUANTIZERS, ids=IDS)
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("rows_in", [1, 4, 7, 13])
+def test_avx2_groups_give_the_same_bits_as_this_cpu(
+    kernels, avx2_kernels, quantize, scale_dtype, rows_in
+):
+    # one file layout for both CPU classes: the AVX2 code (two halves of 8 rows, 16-bit
+    # pair products) must reach the same integer block sums and the same float steps as
+    # the VNNI code (on an AVX2-only machine both fixtures run the AVX2 code)
+    assert avx2_kernels.row_groups
+    planar = quantize(weights(96, 1024, seed=rows_in), scale_dtype=scale_dtype)
+    grouped = regroup(planar)
+    x = torch.randn(rows_in, 1024, generator=torch.Generator().manual_seed(9)) * 3
+    expected = kernels.matvec(x, grouped)
+    assert torch.equal(avx2_kernels.matvec(x, grouped), expected)
+    prompt = torch.empty(rows_in, 96)
+    rows = avx2_kernels.quantize_rows(x, grouped.bits)
+    assert torch.equal(avx2_kernels.gemm_groups(rows, grouped, prompt), expected)
+    assert torch.allclose(expected, kernels.matvec(x, planar), atol=1e-4, rtol=1e-5)

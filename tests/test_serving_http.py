@@ -298,14 +298,14 @@ def test_llamacpp_response_fields_flatten_the_answer(server):
 def test_slow_prompt_building_does_not_block_the_event_loop(lm, monkeypatch):
     """A huge body takes seconds to tokenize; meanwhile other clients are still answered."""
     with running_server(lm) as (url, scheduler):
-        build = scheduler.prompts.build
+        build = scheduler.build
 
         def slow_build(request):
             if "slow" in request.input.text:
                 time.sleep(1.0)
             return build(request)
 
-        monkeypatch.setattr(scheduler.prompts, "build", slow_build)
+        monkeypatch.setattr(scheduler, "build", slow_build)
         body = {"prompt": "slow", "n_predict": 1}
         slow = threading.Thread(
             target=httpx.post, args=(f"{url}/completion",), kwargs={"json": body}

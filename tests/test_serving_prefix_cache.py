@@ -7,9 +7,8 @@ import pytest
 import torch
 from serving_helpers import lively_engine
 
-from codegemma.generation import Continuation, StopConditions
 from codegemma.kv_cache import KVCache
-from codegemma.sampling import SamplingParams
+from codegemma.prompts import Prompt
 from codegemma.serving.prefix_cache import PrefixCache, common_prefix_length
 
 
@@ -30,14 +29,14 @@ def test_common_prefix_length_equals_the_naive_count():
 
 
 def make_cache(capacity):
-    return KVCache(2, 1, 1, capacity, 4, dtype=torch.float32)
+    return KVCache(2, 1, capacity, 4, dtype=torch.float32)
 
 
 def filled(ids, capacity=16):
     cache = make_cache(capacity)
     for slot, token in enumerate(ids):  # slot values encode the token, to check copies
-        cache.keys[:, :, :, slot] = token
-        cache.values[:, :, :, slot] = -token
+        cache.keys[:, :, slot] = token
+        cache.values[:, :, slot] = -token
     cache.length = len(ids)
     return cache
 
@@ -57,11 +56,11 @@ def test_a_request_sharing_little_gets_a_copy_and_leaves_the_entry():
     prefixes.release(ids, filled(ids))
     got, shared = prefixes.acquire([1, 2, 9], needed=4)
     assert shared == 2 and got.length == 2 and len(prefixes) == 1
-    assert got.keys[0, 0, 0, :2, 0].tolist() == [1, 2]
-    assert got.values[0, 0, 0, :2, 0].tolist() == [-1, -2]
+    assert got.keys[0, 0, :2, 0].tolist() == [1, 2]
+    assert got.values[0, 0, :2, 0].tolist() == [-1, -2]
     # The entry is intact for its own client.
     again, shared = prefixes.acquire(ids + [10], needed=12)
-    assert shared == 8 and again.keys[1, 0, 0, 7, 3].item() == 8
+    assert shared == 8 and again.keys[1, 0, 7, 3].item() == 8
 
 
 def test_a_bigger_request_gets_a_bigger_cache_with_the_shared_slots():
@@ -69,7 +68,7 @@ def test_a_bigger_request_gets_a_bigger_cache_with_the_shared_slots():
     prefixes.release([1, 2, 3], filled([1, 2, 3], capacity=4))
     got, shared = prefixes.acquire([1, 2, 3, 4], needed=20)
     assert shared == 3 and got.capacity == 32
-    assert got.keys[0, 0, 0, :3, 0].tolist() == [1, 2, 3]
+    assert got.keys[0, 0, :3, 0].tolist() == [1, 2, 3]
     capped, _ = prefixes.acquire([7], needed=1000)
     assert capped.capacity == 64  # never beyond the context
 
@@ -104,30 +103,17 @@ def lm(tiny_tokenizer):
 
 
 def continue_from(lm, cache, ids, max_new=12, chunk=256):
-    stops = StopConditions(max_new_tokens=max_new, stop_ids=frozenset({lm.tokenizer.eos_id}))
-    run = Continuation(
-        lm.model, lm.tokenizer, cache, ids, stops, SamplingParams(), prefill_chunk=chunk
-    )
+    sequence = lm.sequence(Prompt(ids, ("<eos>",)), max_new_tokens=max_new, cache=cache)
+    engine = lm.batch(prefill_chunk=chunk)
+    engine.add(sequence)
     with torch.inference_mode():
-        while run.completion is None:
-            run.step()
-    return run
+        for _ in engine.run():
+            pass
+    return sequence
 
 
 def test_keystrokes_reuse_the_cache_and_match_a_fresh_computation(lm):
-    config = lm.config
-
-    def new_cache(capacity):
-        return KVCache(
-            config.num_hidden_layers,
-            1,
-            config.num_key_value_heads,
-            capacity,
-            config.head_dim,
-            dtype=torch.float32,
-        )
-
-    prefixes = PrefixCache(new_cache, max_capacity=lm.context_length, budget_bytes=1 << 24)
+    prefixes = PrefixCache(lm.new_cache, max_capacity=lm.context_length, budget_bytes=1 << 24)
     text = "def area(width, height):\n    return width * height\n\nprint(area("
     for end in range(20, len(text) + 1, 7):
         ids = lm.tokenizer.encode(text[:end])
@@ -144,7 +130,6 @@ def test_keystrokes_reuse_the_cache_and_match_a_fresh_computation(lm):
 
 def test_prefill_only_keeps_the_whole_prompt(lm):
     ids = lm.tokenizer.encode("import os\nimport sys\n")
-    cache = KVCache(2, 1, 1, 64, lm.config.head_dim, dtype=torch.float32)
-    run = continue_from(lm, cache, ids, max_new=0, chunk=4)
+    run = continue_from(lm, lm.new_cache(64), ids, max_new=0, chunk=4)
     assert run.completion.text == "" and run.generated == 0
     assert run.cached_ids == ids

@@ -11,7 +11,6 @@ from tiny_models import tiny_config
 from codegemma.engine import CodeGemma
 from codegemma.sampling import SamplingParams
 from codegemma.serving.limits import EditorLimits
-from codegemma.serving.prompts import PromptBuilder
 from codegemma.serving.requests import ChatInput, FimInput, GenerationRequest, TextInput
 from codegemma.serving.scheduler import Done, Failed, Piece, Scheduler
 
@@ -27,7 +26,7 @@ def scheduler_for(lm, **options):
 
 def make_scheduler(lm, **options):
     # One thread: tiny matrices gain nothing from more, and a busy machine stalls OpenMP teams.
-    return Scheduler(lm, PromptBuilder(lm.tokenizer, lm.context_length), threads=1, **options)
+    return Scheduler(lm, threads=1, **options)
 
 
 def collect(scheduler, request):
@@ -203,9 +202,9 @@ def test_a_running_job_superseded_by_its_client_stops_within_one_step(tiny_token
         old = scheduler.submit(
             GenerationRequest(TextInput("a"), max_tokens=400, client="c"), old_events.put
         )
-        while old.continuation is None or old.continuation.generated < 5:
+        while old.sequence is None or old.sequence.generated < 5:
             time.sleep(0.005)
-        generated = old.continuation.generated
+        generated = old.sequence.generated
         scheduler.submit(
             GenerationRequest(TextInput("b"), max_tokens=3, client="c"), new_events.put
         )

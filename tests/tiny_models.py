@@ -42,8 +42,8 @@ class ScriptedModel(GemmaForCausalLM):
         self.script = script
         self.steps = 0
 
-    def forward(self, input_ids, *, cache=None, pad=None, logits_positions=None):
-        if cache is not None:
+    def forward(self, input_ids, *, caches=None, logits_positions=None):
+        for cache in caches or ():
             cache.length += input_ids.shape[1]
         token = self.script[min(self.steps, len(self.script) - 1)]
         self.steps += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -11,7 +12,7 @@ import torch
 from codegemma.errors import InvalidRequestError
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.apply import attach_backend, prepare_for_kernels, row_group_count
-from codegemma.quant.backends import NativeBackend, cpu_has_fast_bf16
+from codegemma.quant.backends import NativeBackend
 from codegemma.quant.native import KernelUnavailable, NativeKernels
 
 KERNEL_CHOICES = ("auto", "native", "torch")
@@ -33,6 +34,13 @@ class Acceleration:
     def close(self) -> None:
         if self.native is not None:
             self.native.close()
+
+    def prompt_threads(self) -> contextlib.AbstractContextManager:
+        """A context in which PyTorch computes a prompt on the engine's threads (the native
+        kernels' decode steps run on their own pool, PyTorch on one thread)."""
+        if self.backend is None:
+            return contextlib.nullcontext()
+        return self.backend.prompt_threads()
 
 
 def default_threads() -> int:
@@ -65,7 +73,7 @@ def accelerate(
     if not native.vectorized and kernels == "auto":
         native.close()
         return _plain(model, threads, "CPU lacks AVX2/FMA/F16C: plain PyTorch")
-    backend = NativeBackend(native, fast_bf16_gemm=cpu_has_fast_bf16())
+    backend = NativeBackend(native, fast_bf16_gemm=native.bf16_activations)
     started = time.perf_counter()
     stored_grouped = row_group_count(model) if native.row_groups else 0
     regrouped = prepare_for_kernels(model, row_groups=native.row_groups, kernels=native)

@@ -17,11 +17,17 @@ def chat_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     Roles are `user` and `assistant` (or `model`), alternating and starting with `user`; a
     leading `system` message is folded into the first user turn, since Gemma has no system role.
     """
-    turns = _normalise(messages)
-    text = "".join(
-        f"{START_OF_TURN}{role}\n{content.strip()}{END_OF_TURN}\n" for role, content in turns
-    )
-    return text + f"{START_OF_TURN}model\n"
+    turns, tail = chat_turns(messages)
+    return "".join(turns) + tail
+
+
+def chat_turns(messages: Sequence[Mapping[str, str]]) -> tuple[list[str], str]:
+    """The text of each turn of `chat_prompt`, and the text that opens the model's turn."""
+    turns = [
+        f"{START_OF_TURN}{role}\n{content.strip()}{END_OF_TURN}\n"
+        for role, content in _normalise(messages)
+    ]
+    return turns, f"{START_OF_TURN}model\n"
 
 
 def _normalise(messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:

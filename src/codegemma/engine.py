@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -9,14 +10,20 @@ from pathlib import Path
 import torch
 
 from codegemma.acceleration import Acceleration, accelerate
-from codegemma.chat import CHAT_STOP_TOKENS, chat_prompt
 from codegemma.devices import resolve_device, resolve_dtype
-from codegemma.errors import InvalidRequestError
-from codegemma.fim import FIM_STOP_TOKENS, ContextFile, FimMode, fim_prompt
-from codegemma.generation import Completion, StopConditions, stream_batch
+from codegemma.errors import InvalidRequestError, PromptTooLongError
+from codegemma.fim import ContextFile, FimMode
+from codegemma.generation import (
+    PREFILL_CHUNK,
+    BatchEngine,
+    Completion,
+    GenSequence,
+    StopConditions,
+)
+from codegemma.kv_cache import KVCache
 from codegemma.loading import load_model_and_tokenizer
 from codegemma.model import GemmaForCausalLM
-from codegemma.prompt_fitting import check_fits, fit_fim_by_lines, keep_last_tokens
+from codegemma.prompts import Prompt, PromptBuilder
 from codegemma.quant.apply import BITS, quantize_model, weight_bits
 from codegemma.sampling import SamplingParams
 from codegemma.tokenizer import Tokenizer
@@ -87,7 +94,12 @@ class TextStream:
 
 
 class CodeGemma:
-    """A loaded model with its tokenizer: completion (FIM), generation, chat and scoring."""
+    """A loaded model with its tokenizer: completion (FIM), generation, chat and scoring.
+
+    Everything runs on one `BatchEngine` step loop: the methods here build prompts
+    (`prompts`), turn them into sequences (`sequence`) and step a batch (`batch`) to the end;
+    the server keeps one batch running and adds and removes sequences as requests come and go.
+    """
 
     def __init__(
         self,
@@ -105,6 +117,14 @@ class CodeGemma:
         self.path = path
         self.acceleration = acceleration or Acceleration("torch", torch.get_num_threads())
         self.notes = notes or []  # what loading converted (quantization, GGUF types)
+        self._prompts = PromptBuilder(tokenizer, self.context_length)
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        """The one prompt builder (FIM, plain and chat prompts fitted to the context)."""
+        if self._prompts.context_length != self.context_length:  # the config was replaced
+            self._prompts = PromptBuilder(self.tokenizer, self.context_length)
+        return self._prompts
 
     @property
     def weights(self) -> str:
@@ -137,7 +157,7 @@ class CodeGemma:
         *,
         files: Sequence[ContextFile | tuple[str, str]] | None = None,
         path: str | None = None,
-        mode: FimMode = "psm",
+        mode: FimMode | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -149,9 +169,10 @@ class CodeGemma:
         """Fill in the code between `prefix` and `suffix`; returns only the middle text.
 
         `files` are other files shown first as context ((path, content) pairs), `path` names the
-        current file, `mode` is the prompt order ("psm" or "spm"). Generation ends at the
-        CodeGemma stop tokens, at any `stop` string, or after `max_new_tokens`. A prompt longer
-        than the context is an error unless `truncate` (lines far from the cursor are dropped).
+        current file, `mode` is the prompt order ("spm", the default, or "psm"). Generation ends
+        at the CodeGemma stop tokens, at any `stop` string, or after `max_new_tokens`. A prompt
+        longer than the context is an error unless `truncate` (lines far from the cursor and
+        the farthest context files are dropped, leaving room for `max_new_tokens`).
         """
         options = dict(locals())
         del options["self"]
@@ -164,7 +185,7 @@ class CodeGemma:
         *,
         files: Sequence[ContextFile | tuple[str, str]] | None = None,
         path: str | None = None,
-        mode: FimMode = "psm",
+        mode: FimMode | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -176,19 +197,22 @@ class CodeGemma:
         """Like `complete`, yielding text pieces as they are decided."""
         _require_text(prefix=prefix, suffix=suffix)
         sampling = SamplingParams(temperature, top_k, top_p, seed)
-        conditions = self._conditions(FIM_STOP_TOKENS, stop, max_new_tokens)
-
-        def encode(before: str, after: str) -> list[int]:
-            text = fim_prompt(before, after, mode=mode, files=files, path=path)
-            return self.tokenizer.encode(text)
-
-        if truncate:
-            budget = max(1, self.context_length - max_new_tokens)
-            ids, dropped = fit_fim_by_lines(prefix, suffix, encode, budget)
-        else:
-            ids, dropped = encode(prefix, suffix), 0
-            check_fits(len(ids), self.context_length)
-        return TextStream(self._events([ids], [dropped], conditions, sampling))
+        _check_max_new_tokens(max_new_tokens)
+        prompt = self._fitting(
+            lambda: self.prompts.fim(
+                prefix,
+                suffix,
+                files=files or (),
+                path=path,
+                mode=mode,
+                reserve=max_new_tokens if truncate else 1,
+                truncate=truncate,
+            )
+        )
+        sequence = self.sequence(
+            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop
+        )
+        return TextStream(self._events([sequence]))
 
     # --- plain generation ------------------------------------------------------------------
 
@@ -214,13 +238,18 @@ class CodeGemma:
         if not prompts:
             raise InvalidRequestError("generate() needs at least one prompt")
         sampling = SamplingParams(temperature, top_k, top_p, seed)
-        conditions = self._conditions(stop_tokens, stop, max_new_tokens)
-        ids, dropped = self._encode_prompts(prompts, max_new_tokens, truncate)
-        results: dict[int, Completion] = {}
-        for row, event in self._events(ids, dropped, conditions, sampling):
-            if isinstance(event, Completion):
-                results[row] = event
-        ordered = [results[i] for i in range(len(ids))]
+        sequences = [
+            self.sequence(
+                self._text_prompt(text, max_new_tokens, truncate, stop_tokens),
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                stop=stop,
+            )
+            for text in prompts
+        ]
+        for _ in self._events(sequences):
+            pass
+        ordered = [s.completion for s in sequences]
         return ordered[0] if isinstance(prompt, str) else ordered
 
     def stream_generate(
@@ -238,9 +267,9 @@ class CodeGemma:
     ) -> TextStream:
         """Like `generate` for one prompt, yielding text pieces."""
         sampling = SamplingParams(temperature, top_k, top_p, seed)
-        conditions = self._conditions(stop_tokens, stop, max_new_tokens)
-        ids, dropped = self._encode_prompts([prompt], max_new_tokens, truncate)
-        return TextStream(self._events(ids, dropped, conditions, sampling))
+        text = self._text_prompt(prompt, max_new_tokens, truncate, stop_tokens)
+        sequence = self.sequence(text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
+        return TextStream(self._events([sequence]))
 
     # --- chat --------------------------------------------------------------------------------
 
@@ -259,6 +288,7 @@ class CodeGemma:
         """The next assistant reply in the Gemma turn format (instruction-tuned models).
 
         `messages` are {"role": "system" | "user" | "assistant", "content": str} objects.
+        `truncate` drops the oldest exchanges of a conversation too long for the context.
         """
         options = dict(locals())
         del options["self"]
@@ -277,17 +307,16 @@ class CodeGemma:
         truncate: bool = False,
     ) -> TextStream:
         """Like `chat`, yielding text pieces."""
-        return self.stream_generate(
-            chat_prompt(messages),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            stop_tokens=CHAT_STOP_TOKENS,
-            truncate=truncate,
+        sampling = SamplingParams(temperature, top_k, top_p, seed)
+        _check_max_new_tokens(max_new_tokens)
+        reserve = max_new_tokens if truncate else 1
+        prompt = self._fitting(
+            lambda: self.prompts.chat(messages, reserve=reserve, truncate=truncate)
         )
+        sequence = self.sequence(
+            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop
+        )
+        return TextStream(self._events([sequence]))
 
     # --- scoring -----------------------------------------------------------------------------
 
@@ -297,57 +326,119 @@ class CodeGemma:
         ids = list(token_ids)
         if not ids:
             raise InvalidRequestError("logits() needs at least one token id")
-        check_fits(len(ids) - 1, self.context_length)
+        if len(ids) > self.context_length:
+            raise PromptTooLongError(
+                f"{len(ids)} tokens do not fit in the context window of {self.context_length}"
+            )
         if not all(isinstance(t, int) and 0 <= t < self.config.vocab_size for t in ids):
             raise InvalidRequestError(
                 f"token ids must be integers in [0, {self.config.vocab_size})"
             )
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(tokens, logits_positions=slice(None))[0].float()
+        with self.acceleration.prompt_threads():
+            return self.model(tokens, logits_positions=slice(None))[0].float()
+
+    # --- the step engine, for servers and batch runners ----------------------------------------
+
+    def sequence(
+        self,
+        prompt: Prompt,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+        cache: KVCache | None = None,
+        logprobs: int = 0,
+    ) -> GenSequence:
+        """A sequence for `batch()`: generate after `prompt` until one of its stop tokens (all
+        ignored with `ignore_eos`), a `stop` string, `max_new_tokens` (None: the end of the
+        context; 0: only compute the prompt into the cache) or the end of the context.
+        `cache` may hold a prefix of the prompt already (see `new_cache`); `logprobs`: record
+        that many alternatives for every generated token."""
+        room = self.context_length - len(prompt.ids)
+        if room < 1:
+            raise PromptTooLongError(_too_long(len(prompt.ids), self.context_length))
+        limit = room if max_new_tokens is None else min(max_new_tokens, room)
+        conditions = StopConditions(
+            max_new_tokens=limit,
+            stop_ids=frozenset() if ignore_eos else self._stop_ids(prompt.stop_tokens),
+            stop_strings=_stop_strings(stop),
+        )
+        needed = len(prompt.ids) + limit
+        if cache is None or cache.capacity < needed:
+            cache = self.new_cache(needed, reuse=cache)
+        return GenSequence(
+            prompt.ids,
+            cache,
+            conditions,
+            sampling or SamplingParams(),
+            self.tokenizer,
+            truncated_tokens=prompt.truncated_tokens,
+            logprobs=logprobs,
+        )
+
+    def new_cache(self, capacity: int, reuse: KVCache | None = None) -> KVCache:
+        """An empty KV cache of `capacity` slots (at most the context), holding the contents of
+        `reuse` (a smaller cache) if given."""
+        config = self.config
+        cache = KVCache(
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            min(capacity, self.context_length),
+            config.head_dim,
+            dtype=self.model.activation_dtype,
+            device=self.device,
+        )
+        if reuse is not None:
+            cache.copy_prefix(reuse, reuse.length)
+        return cache
+
+    def batch(self, *, prefill_chunk: int = PREFILL_CHUNK, interleave: bool = True) -> BatchEngine:
+        """A step engine on this model (see BatchEngine): `add` sequences, call `step`."""
+        backend = self.acceleration.backend
+        return BatchEngine(
+            self.model,
+            decode_step=backend.decode_step if backend and backend.fused_decode else None,
+            prompt_threads=self.acceleration.prompt_threads,
+            prefill_chunk=prefill_chunk,
+            interleave=interleave,
+        )
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _conditions(
-        self, stop_tokens: Sequence[str], stop: str | Sequence[str] | None, max_new_tokens: int
-    ) -> StopConditions:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-            raise InvalidRequestError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
-        if max_new_tokens < 1:
-            raise InvalidRequestError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        return StopConditions(
-            max_new_tokens=max_new_tokens,
-            stop_ids=self._stop_ids(stop_tokens),
-            stop_strings=_stop_strings(stop),
-        )
+    def _text_prompt(
+        self, text: str, max_new_tokens: int, truncate: bool, stop_tokens: Sequence[str]
+    ) -> Prompt:
+        _require_text(prompt=text)
+        _check_max_new_tokens(max_new_tokens)
+        reserve = max_new_tokens if truncate else 1
+        prompt = self._fitting(lambda: self.prompts.text(text, reserve=reserve, truncate=truncate))
+        return dataclasses.replace(prompt, stop_tokens=tuple(stop_tokens))
 
-    def _encode_prompts(
-        self, prompts: Sequence[str], max_new_tokens: int, truncate: bool
-    ) -> tuple[list[list[int]], list[int]]:
-        budget = max(1, self.context_length - max_new_tokens)
-        encoded, dropped = [], []
-        for text in prompts:
-            _require_text(prompt=text)
-            ids = self.tokenizer.encode(text)
-            if truncate:
-                ids, lost = keep_last_tokens(ids, budget, self.tokenizer.bos_id)
-            else:
-                check_fits(len(ids), self.context_length)
-                lost = 0
-            encoded.append(ids)
-            dropped.append(lost)
-        return encoded, dropped
+    @staticmethod
+    def _fitting(build) -> Prompt:
+        """A prompt built by `build`, with its value errors as InvalidRequestError."""
+        try:
+            return build()
+        except ValueError as exc:
+            if isinstance(exc, InvalidRequestError):
+                raise
+            raise InvalidRequestError(str(exc)) from exc
 
-    def _events(self, ids, dropped, conditions: StopConditions, sampling: SamplingParams):
+    def _events(self, sequences: list[GenSequence]) -> Iterator[tuple[int, str | Completion]]:
+        """(index, text piece) as text is decided and (index, Completion) at each end."""
+        engine = self.batch(interleave=False)
+        index = {id(s): i for i, s in enumerate(sequences)}
+        for sequence in sequences:
+            engine.add(sequence)
         with torch.inference_mode():
-            yield from stream_batch(
-                self.model,
-                self.tokenizer,
-                ids,
-                conditions,
-                sampling,
-                context_length=self.context_length,
-                truncated=dropped,
-            )
+            for sequence, piece in engine.run():
+                row = index[id(sequence)]
+                if piece:
+                    yield row, piece
+                if sequence.completion is not None:
+                    yield row, sequence.completion
 
     def _stop_ids(self, texts: Sequence[str]) -> frozenset[int]:
         ids = {self.tokenizer.token_id(t) for t in texts}
@@ -358,8 +449,22 @@ class CodeGemma:
 def _drain(stream: TextStream) -> Completion:
     for _ in stream:
         pass
-    assert stream.completion is not None  # stream_batch always ends each row with a Completion
+    assert stream.completion is not None  # every sequence ends with a Completion
     return stream.completion
+
+
+def _check_max_new_tokens(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"max_new_tokens must be an integer, got {value!r}")
+    if value < 1:
+        raise InvalidRequestError(f"max_new_tokens must be positive, got {value}")
+
+
+def _too_long(tokens: int, context: int) -> str:
+    return (
+        f"the prompt is {tokens} tokens but the context window holds {context} (the prompt "
+        "plus at least one new token); shorten it or ask for truncation"
+    )
 
 
 def _require_text(**values: object) -> None:

@@ -17,6 +17,11 @@ END_OF_TURN = "<end_of_turn>"
 FIM_STOP_TOKENS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FILE_SEPARATOR, EOS, END_OF_TURN)
 
 FimMode = Literal["psm", "spm"]
+# The documented default order: suffix first, so text typed at the cursor only extends the end
+# of the prompt and a cached prefix stays valid (in PSM order every keystroke changes the
+# tokens right after the cursor, and the whole suffix is computed again). CodeGemma was
+# trained on both orders.
+DEFAULT_FIM_MODE: FimMode = "spm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +36,7 @@ def fim_prompt(
     prefix: str,
     suffix: str = "",
     *,
-    mode: FimMode = "psm",
+    mode: FimMode = DEFAULT_FIM_MODE,
     files: Sequence[ContextFile | tuple[str, str]] | None = None,
     path: str | None = None,
 ) -> str:
@@ -53,11 +58,12 @@ def fim_prompt(
         body = f"{path}\n{body}"
     if not files:
         return body
-    parts = [_as_file(f) for f in files]
+    parts = [as_context_file(f) for f in files]
     return FILE_SEPARATOR.join([f"{f.path}\n{f.content}" for f in parts] + [body])
 
 
-def _as_file(item: ContextFile | tuple[str, str]) -> ContextFile:
+def as_context_file(item: ContextFile | tuple[str, str]) -> ContextFile:
+    """A context file given as ContextFile or as a (path, content) pair."""
     if isinstance(item, ContextFile):
         return item
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):

@@ -1,11 +1,22 @@
-"""Generation in layers: token steps, then text streams with stops, then whole results.
+"""The one generation engine: sequences in a batch, advanced one step at a time.
 
-`decode_tokens` yields token ids for a batch of prompts; `stream_batch` turns them into text
-pieces and one `Completion` per prompt. Everything above (API, CLI, server) uses `stream_batch`.
+A `GenSequence` is one prompt being generated: its token ids, its own KV cache, its sampling
+state and its stops. A `BatchEngine` holds the running sequences; each `step()` runs one
+forward pass over every sequence that needs exactly one token computed (decoding sequences,
+and prompts with one token left), then prompt chunks of the sequences still prefilling, about
+`prefill_chunk` tokens in all, and returns the text each sequence released. Sequences join
+(`add`) and leave (`remove`, or by finishing) between steps. The API (`CodeGemma.generate`,
+`complete`, `chat` and their streams), evaluation and the server all run on it.
+
+Every sequence is computed exactly as it would be alone: the decode pass reads each row
+through row-invariant kernels and attends over the row's own cache, and a prompt is cut into
+chunks that depend only on its own length and on how much of it was cached, never on the
+other sequences.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
@@ -14,10 +25,12 @@ import torch
 
 from codegemma.detokenizer import StreamingDetokenizer
 from codegemma.kv_cache import KVCache
-from codegemma.model import GemmaForCausalLM
-from codegemma.sampling import SamplingParams, make_generators, pick_tokens
+from codegemma.model import GemmaForCausalLM, token_positions
+from codegemma.sampling import SamplingParams, next_token_probs
 from codegemma.stop_strings import StopStringFilter
 from codegemma.tokenizer import Tokenizer
+
+PREFILL_CHUNK = 256  # prompt tokens per forward pass (activation memory stays bounded)
 
 
 @dataclasses.dataclass
@@ -26,13 +39,23 @@ class Usage:
 
     prompt_tokens: int  # tokens fed to the model, BOS included
     completion_tokens: int  # tokens generated, the stop token included
-    prompt_seconds: float  # prefill time (shared by all prompts of a batch)
-    generation_seconds: float  # time from the end of prefill to this prompt's end
+    prompt_seconds: float  # from joining the engine to the first new token
+    generation_seconds: float  # from the first new token to the end
     truncated_tokens: int = 0  # prompt tokens dropped to fit the context (when asked to)
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from a cache
 
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its step."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, log-probability), most likely first
 
 
 @dataclasses.dataclass
@@ -40,81 +63,24 @@ class Completion:
     """The result of one prompt: text without any stop token or stop string."""
 
     text: str
-    finish_reason: str  # "stop" (stop token or string) or "length" (token limit or context end)
+    finish_reason: str  # "stop" (stop token or string), "length" or "cancelled"
     usage: Usage
     token_ids: list[int]  # generated ids, the stop token excluded
     stop: str | None = None  # the stop token text or stop string that ended generation
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when asked
 
 
 @dataclasses.dataclass(frozen=True)
 class StopConditions:
     """When one sequence is over."""
 
-    max_new_tokens: int
+    max_new_tokens: int  # 0: evaluate the prompt into the cache only
     stop_ids: frozenset[int] = frozenset()
     stop_strings: tuple[str, ...] = ()
 
 
-PREFILL_CHUNK = 256  # prompt tokens evaluated per forward pass
-
-
-def decode_tokens(
-    model: GemmaForCausalLM,
-    prompts: Sequence[Sequence[int]],
-    *,
-    capacity: int,
-    params: SamplingParams,
-    vocab_limit: int,
-    finished: set[int],
-) -> Iterator[dict[int, int]]:
-    """Yield {row: next token id} for every unfinished row, one decoding step at a time.
-
-    Prompts are left-padded into one batch. Rows the caller adds to `finished` are dropped
-    from the batch before the next step. Stops when all rows are finished or the cache is full.
-    """
-    device = model.model.embed_tokens.weight.device
-    config = model.config
-    longest = max(len(p) for p in prompts)
-    pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,)
-    tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        tokens[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-    cache = KVCache(
-        config.num_hidden_layers,
-        len(prompts),
-        config.num_key_value_heads,
-        capacity,
-        config.head_dim,
-        dtype=model.activation_dtype,
-        device=device,
-    )
-    generators = make_generators(params, len(prompts))
-    rows = list(range(len(prompts)))  # original index of each batch row
-    # A long prompt is evaluated in chunks: activation memory stays bounded (an 8K-token
-    # prompt at once needs several GB of MLP intermediates) and GEMMs stay large.
-    while tokens.shape[1] > PREFILL_CHUNK:
-        model(tokens[:, :PREFILL_CHUNK], cache=cache, pad=pad, logits_positions=slice(0, 0))
-        tokens = tokens[:, PREFILL_CHUNK:]
-    while rows:
-        logits = model(tokens, cache=cache, pad=pad)[:, -1].float()  # (B, V)
-        logits[:, vocab_limit:] = float("-inf")  # padded embedding rows are not real tokens
-        picked = pick_tokens(logits, params, generators).tolist()
-        yield dict(zip(rows, picked, strict=True))
-        keep = [i for i, row in enumerate(rows) if row not in finished]
-        if not keep or cache.length + 1 > cache.capacity:
-            return
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=device)
-            cache.select_rows(index)
-            pad = pad.index_select(0, index)
-            generators = [generators[i] for i in keep]
-            rows = [rows[i] for i in keep]
-            picked = [picked[i] for i in keep]
-        tokens = torch.tensor(picked, dtype=torch.long, device=device)[:, None]  # (B, 1)
-
-
-class _Sequence:
-    """Text-level state of one prompt during generation."""
+class _Text:
+    """Text-level state of one sequence: detokenizing, stop tokens and strings, limits."""
 
     def __init__(self, tokenizer: Tokenizer, stops: StopConditions) -> None:
         self.tokenizer = tokenizer
@@ -123,7 +89,7 @@ class _Sequence:
         self.filter = StopStringFilter(stops.stop_strings)
         self.token_ids: list[int] = []
         self.generated = 0
-        self.text: list[str] = []
+        self.pieces: list[str] = []
         self.finish_reason: str | None = None
         self.stop: str | None = None
 
@@ -148,102 +114,52 @@ class _Sequence:
         return self._emit(piece)
 
     def _emit(self, piece: str) -> str:
-        self.text.append(piece)
+        self.pieces.append(piece)
         return piece
 
 
-def stream_batch(
-    model: GemmaForCausalLM,
-    tokenizer: Tokenizer,
-    prompts: Sequence[Sequence[int]],
-    stops: StopConditions,
-    params: SamplingParams,
-    *,
-    context_length: int,
-    truncated: Sequence[int] | None = None,
-) -> Iterator[tuple[int, str | Completion]]:
-    """Yield (row, text piece) as text becomes final, and (row, Completion) when a row ends."""
-    capacity = min(context_length, max(len(p) for p in prompts) + stops.max_new_tokens)
-    sequences = [_Sequence(tokenizer, stops) for _ in prompts]
-    finished: set[int] = set()
-    started = time.perf_counter()
-    prefill_done = None
-    steps = decode_tokens(
-        model,
-        prompts,
-        capacity=capacity,
-        params=params,
-        vocab_limit=tokenizer.vocab_size,
-        finished=finished,
-    )
-    longest = max(len(p) for p in prompts)
-    for step, picked in enumerate(steps):
-        now = time.perf_counter()
-        prefill_done = prefill_done or now
-        context_full = longest + step + 1 > capacity  # no slot left for this token
-        for row, token_id in picked.items():
-            piece = sequences[row].push(token_id, context_full)
-            if piece:
-                yield row, piece
-            if sequences[row].finish_reason is not None:
-                finished.add(row)
-                usage = Usage(
-                    prompt_tokens=len(prompts[row]),
-                    completion_tokens=sequences[row].generated,
-                    prompt_seconds=prefill_done - started,
-                    generation_seconds=time.perf_counter() - prefill_done,
-                    truncated_tokens=truncated[row] if truncated else 0,
-                )
-                yield row, _completion(sequences[row], usage)
+class GenSequence:
+    """One prompt being generated, with its own KV cache.
 
-
-def _completion(sequence: _Sequence, usage: Usage) -> Completion:
-    return Completion(
-        text="".join(sequence.text),
-        finish_reason=sequence.finish_reason or "length",
-        usage=usage,
-        token_ids=sequence.token_ids,
-        stop=sequence.stop,
-    )
-
-
-class Continuation:
-    """One sequence continuing from a KV cache, advanced one forward pass per `step()`.
-
-    For a server that interleaves sequences and may drop one between steps. `cache` (batch 1)
-    already holds the keys and values of `prompt[:cache.length]`, typically a prefix reused from
-    an earlier request, so only the rest of the prompt is computed, at most `prefill_chunk`
-    tokens per step. `cached_ids` names what the cache holds at any moment, so the cache of a
-    finished or abandoned sequence can be kept for the next request. With
-    `stops.max_new_tokens == 0` the prompt is only evaluated into the cache.
+    `cache` may already hold the keys and values of a prefix of `prompt` (reused from an
+    earlier request): only the rest is computed. `cached_ids` names what the cache holds at
+    any moment, so the cache of a finished or abandoned sequence can be kept for the next
+    request that shares it. `logprobs` > 0 records each generated token's log-probability and
+    that many alternatives.
     """
 
     def __init__(
         self,
-        model: GemmaForCausalLM,
-        tokenizer: Tokenizer,
-        cache: KVCache,
         prompt: Sequence[int],
+        cache: KVCache,
         stops: StopConditions,
         params: SamplingParams,
+        tokenizer: Tokenizer,
         *,
-        prefill_chunk: int = 256,
+        truncated_tokens: int = 0,
+        logprobs: int = 0,
     ) -> None:
-        if not prompt or cache.batch_size != 1 or prefill_chunk < 1:
-            raise ValueError("a continuation needs a non-empty prompt and a one-row cache")
+        if not prompt:
+            raise ValueError("a sequence needs a non-empty prompt")
+        if cache.capacity < len(prompt):
+            raise ValueError(f"a cache of {cache.capacity} slots for {len(prompt)} prompt tokens")
         if cache.length >= len(prompt):
             cache.truncate(len(prompt) - 1)  # the last prompt token must run to give logits
-        self.model, self.cache, self.stops, self.params = model, cache, stops, params
-        self.reused = cache.length  # prompt tokens whose keys and values were already cached
+        self.cache = cache
+        self.params = params
         self.prompt_tokens = len(prompt)
-        self.prefill_chunk = prefill_chunk
+        self.reused = cache.length  # prompt tokens whose keys and values were already cached
+        self.truncated_tokens = truncated_tokens
+        self.logprobs = logprobs
         self.completion: Completion | None = None
         self._ids = list(prompt)  # the prompt, then each generated token once it is to be fed
-        self._text = _Sequence(tokenizer, stops)
+        self._text = _Text(tokenizer, stops)
         self._vocab_limit = tokenizer.vocab_size
-        self._generators = make_generators(params, 1)
+        self._generator = _generator(params)
+        self._chunk_base = cache.length  # prompt chunks are cut from here, whatever the batch
+        self._logprobs: list[TokenLogprob] = []
         self._started: float | None = None
-        self._prefilled: float | None = None
+        self._first_token: float | None = None
 
     @property
     def cached_ids(self) -> list[int]:
@@ -251,33 +167,47 @@ class Continuation:
         return self._ids[: self.cache.length]
 
     @property
-    def prefilled(self) -> bool:
-        """Whether the whole prompt has been evaluated."""
-        return self._prefilled is not None
+    def pending(self) -> list[int]:
+        """Tokens to compute before the next one can be picked."""
+        return self._ids[self.cache.length :]
 
     @property
     def generated(self) -> int:
         """Tokens generated so far, a stop token included."""
         return self._text.generated
 
-    def step(self) -> str:
-        """Run one forward pass (a prompt chunk or one new token); return the text it released."""
-        if self.completion is not None:
-            raise RuntimeError("the continuation is finished")
-        self._started = self._started or time.perf_counter()
-        device = self.model.model.embed_tokens.weight.device
-        pending = self._ids[self.cache.length :]  # (T,) tokens not yet in the cache
-        chunk = pending[: self.prefill_chunk]
-        logits = self.model(torch.tensor([chunk], device=device), cache=self.cache)
-        if len(chunk) < len(pending):
-            return ""
-        self._prefilled = self._prefilled or time.perf_counter()
-        if self.stops.max_new_tokens == 0:
+    @property
+    def finished(self) -> bool:
+        return self.completion is not None
+
+    @property
+    def first_token_time(self) -> float | None:
+        """When the prompt was done (perf_counter), or None while it is being computed."""
+        return self._first_token
+
+    def next_chunk(self, size: int) -> list[int]:
+        """The next prompt chunk: chunks of `size` counted from where computing began, so the
+        cut never depends on the batch the sequence is in."""
+        done = self.cache.length - self._chunk_base
+        return self.pending[: size - done % size]
+
+    def cancel(self) -> None:
+        """End now, with finish reason "cancelled" (what was released stays released)."""
+        if self.completion is None:
+            self._text.finish_reason = "cancelled"
+            self._finish()
+
+    def take(self, logits: torch.Tensor) -> str:
+        """Pick the next token from this sequence's logits (V,) float32; return the text it
+        releases (the sequence may finish)."""
+        self._first_token = self._first_token or time.perf_counter()
+        if self._text.stops.max_new_tokens == 0:
             self._finish()
             return ""
-        logits = logits[:, -1].float()  # (1, V)
-        logits[:, self._vocab_limit :] = float("-inf")  # padded embedding rows are not tokens
-        token = int(pick_tokens(logits, self.params, self._generators)[0])
+        logits[self._vocab_limit :] = float("-inf")  # padded embedding rows are not tokens
+        token = self._pick(logits)
+        if self.logprobs:
+            self._logprobs.append(_token_logprob(logits, token, self.logprobs))
         context_full = len(self._ids) + 1 > self.cache.capacity  # no slot left to feed it
         piece = self._text.push(token, context_full)
         if self._text.finish_reason is not None:
@@ -286,13 +216,150 @@ class Continuation:
             self._ids.append(token)
         return piece
 
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self.params.greedy:
+            return int(logits.argmax())
+        probs = next_token_probs(logits[None], self.params)[0]
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    def _start(self) -> None:
+        self._started = self._started or time.perf_counter()
+
     def _finish(self) -> None:
         now = time.perf_counter()
-        prefilled = self._prefilled or now
+        started = self._started or now
+        first = self._first_token or now
         usage = Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self._text.generated,
-            prompt_seconds=prefilled - (self._started or now),
-            generation_seconds=now - prefilled,
+            prompt_seconds=first - started,
+            generation_seconds=now - first,
+            truncated_tokens=self.truncated_tokens,
+            cached_tokens=self.reused,
         )
-        self.completion = _completion(self._text, usage)
+        text = self._text
+        self.completion = Completion(
+            text="".join(text.pieces),
+            finish_reason=text.finish_reason or "length",
+            usage=usage,
+            token_ids=text.token_ids,
+            stop=text.stop,
+            logprobs=self._logprobs if self.logprobs else None,
+        )
+
+
+def _generator(params: SamplingParams) -> torch.Generator | None:
+    """The sequence's own generator: seeded, a sequence samples the same alone or batched."""
+    if params.greedy or params.seed is None:
+        return None
+    return torch.Generator().manual_seed(params.seed)
+
+
+def _token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The model's log-probabilities (before sampling settings) of `token` and the `top`
+    most likely tokens."""
+    logs = torch.log_softmax(logits, dim=-1)  # (V,)
+    values, ids = torch.topk(logs, min(top, logs.shape[0]))
+    pairs = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logs[token]), pairs)
+
+
+class BatchEngine:
+    """Runs the forward passes of the sequences it holds, one step at a time.
+
+    `decode_step`: the native whole-stack decode step (None: every pass through the model's
+    layers). `prompt_threads`: a context manager giving PyTorch the engine's threads while a
+    prompt chunk is computed. `interleave`: decode while other sequences still prefill (a
+    server, where new requests arrive all the time); False computes every prompt first (a
+    batch given at once, where decoding in between would read the weights for few rows).
+    """
+
+    def __init__(
+        self,
+        model: GemmaForCausalLM,
+        *,
+        decode_step=None,
+        prompt_threads=None,
+        prefill_chunk: int = PREFILL_CHUNK,
+        interleave: bool = True,
+    ) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+        self.model = model
+        self.decode_step = decode_step
+        self.prompt_threads = prompt_threads or contextlib.nullcontext
+        self.prefill_chunk = prefill_chunk
+        self.interleave = interleave
+        self.sequences: list[GenSequence] = []
+        self.forward_passes = 0  # every model forward pass, for tests and reports
+
+    def add(self, sequence: GenSequence) -> None:
+        """Join the batch from the next step on."""
+        sequence._start()
+        self.sequences.append(sequence)
+
+    def remove(self, sequence: GenSequence) -> None:
+        """Leave the batch (cancelled sequences; finished ones leave by themselves)."""
+        if sequence in self.sequences:
+            self.sequences.remove(sequence)
+
+    def step(self) -> list[tuple[GenSequence, str]]:
+        """One step: a forward pass over every sequence with one token to compute, then prompt
+        chunks. Returns (sequence, text released) for each sequence that picked a token;
+        finished sequences (`.completion` set) have left the batch."""
+        ready = [s for s in self.sequences if len(s.pending) == 1]
+        prefilling = [s for s in self.sequences if len(s.pending) > 1]
+        events: list[tuple[GenSequence, str]] = []
+        if ready and (self.interleave or not prefilling):
+            logits = self._decode(ready)  # (B, V)
+            events += [(s, s.take(row)) for s, row in zip(ready, logits, strict=True)]
+        spent = 0
+        for sequence in prefilling:
+            chunk = sequence.next_chunk(self.prefill_chunk)
+            if spent and spent + len(chunk) > self.prefill_chunk:
+                break
+            spent += len(chunk)
+            logits = self._prefill(sequence, chunk)
+            if logits is not None:
+                events.append((sequence, sequence.take(logits)))
+        self.sequences = [s for s in self.sequences if not s.finished]
+        return events
+
+    def run(self) -> Iterator[tuple[GenSequence, str]]:
+        """Step until every sequence has finished, yielding what each step releases."""
+        while self.sequences:
+            yield from self.step()
+
+    def _decode(self, sequences: list[GenSequence]) -> torch.Tensor:
+        return self.decode([s.cache for s in sequences], [s.pending[0] for s in sequences])
+
+    def decode(self, caches: Sequence[KVCache], tokens: Sequence[int]) -> torch.Tensor:
+        """One forward pass, token b after what caches[b] holds -> float32 logits (B, V):
+        through the native whole-stack step where it serves, else the model's layers."""
+        if len(caches) != len(tokens):
+            raise ValueError(f"{len(tokens)} new tokens for {len(caches)} caches")
+        model = self.model
+        device = model.model.embed_tokens.weight.device
+        ids = torch.tensor([[t] for t in tokens], device=device)  # (B, 1)
+        self.forward_passes += 1
+        step = self.decode_step
+        if step is None or not step.serves(model, caches):
+            return model(ids, caches=caches)[:, -1].float()
+        slots = [c.length for c in caches]
+        cos, sin = model.rope(token_positions(caches, ids.shape, device))  # (B, 1, 1, hd)
+        x = step.run(model, model.embed(ids)[:, 0], (cos[:, 0, 0], sin[:, 0, 0]), caches, slots)
+        for cache in caches:
+            cache.length += 1
+        return model.head(x[:, None])[:, -1].float()
+
+    def _prefill(self, sequence: GenSequence, chunk: list[int]) -> torch.Tensor | None:
+        """A prompt chunk into the sequence's cache; the last chunk's logits (V,) float32."""
+        last = len(chunk) == len(sequence.pending)
+        device = self.model.model.embed_tokens.weight.device
+        ids = torch.tensor([chunk], device=device)  # (1, T)
+        self.forward_passes += 1
+        with self.prompt_threads():
+            logits = self.model(
+                ids, caches=[sequence.cache], logits_positions=None if last else slice(0, 0)
+            )
+        return logits[0, -1].float() if last else None

@@ -8,6 +8,7 @@ heads, hd head_dim, V vocabulary rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +116,8 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
+        caches: Sequence[KVCache] | None,
         layer: int,
-        start: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,T,hd)
@@ -126,18 +125,38 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.write(layer, start, k, v)  # (B, KV, S, hd)
-        out = F.scaled_dot_product_attention(
+        if caches is None:  # the T tokens are the whole sequence
+            out = self._attend(q, k, v, None, causal=T > 1)
+        else:  # each row after its own cache: attention row by row
+            out = torch.cat(
+                [
+                    self._attend_cached(q[b : b + 1], k[b], v[b], c, layer)
+                    for b, c in enumerate(caches)
+                ]
+            )  # (B, H, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _attend_cached(self, q, k, v, cache: KVCache, layer: int) -> torch.Tensor:
+        """q (1, H, T, hd) after the cache's `length` slots; k, v (KV, T, hd) are written there
+        first. -> (1, H, T, hd)"""
+        start, T = cache.length, q.shape[2]
+        keys, values = cache.write(layer, start, k, v)  # (KV, S, hd), S = start + T
+        mask = None
+        if start > 0 and T > 1:  # a chunk after cached tokens: causal, offset by `start`
+            slots = torch.arange(start + T, device=q.device)
+            mask = slots[None, :] <= slots[start:, None]  # (T, S)
+        return self._attend(q, keys[None], values[None], mask, causal=start == 0 and T > 1)
+
+    def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and T > 1,
+            is_causal=causal,
             scale=self.head_dim**-0.5,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )  # (B, H, T, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -172,35 +191,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, mask, cache, layer, start):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer, start)
+    def forward(self, x, rope, caches, layer):
+        x = x + self.self_attn(self.input_layernorm(x), rope, caches, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def positions_and_mask(
-    pad: torch.Tensor | None, start: int, shape: torch.Size, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotary positions (B, T) and attention mask (B, 1, T, S) for T tokens written at `start`.
-
-    The mask is None when plain causal attention (or, for one token, full attention) is right.
-    """
+def token_positions(
+    caches: Sequence[KVCache] | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    """Rotary positions (B, T) of T new tokens per row: after each row's cached tokens."""
     B, T = shape
-    slots = torch.arange(start, start + T, device=device)  # (T,)
-    padded = pad is not None and bool(pad.any())
-    if not padded:
-        mask = None
-        if start > 0 and T > 1:  # a chunk after cached tokens: causal, offset by `start`
-            keys = torch.arange(start + T, device=device)
-            mask = (keys[None, :] <= slots[:, None]).expand(B, 1, T, start + T)
-        return slots.expand(B, T), mask
-    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
-    keys = torch.arange(start + T, device=device)  # (S,)
-    causal = keys[None, :] <= slots[:, None]  # (T, S)
-    real = keys[None, :] >= pad[:, None]  # (B, S)
-    mask = causal[None] & real[:, None, :]  # (B, T, S)
-    # A padding slot attends to itself so its row stays finite (never read by real tokens).
-    mask |= keys[None, None, :] == slots[None, :, None]
-    return positions, mask[:, None]
+    steps = torch.arange(T, device=device)  # (T,)
+    if caches is None:
+        return steps.expand(B, T)
+    starts = torch.tensor([c.length for c in caches], device=device)  # (B,)
+    return starts[:, None] + steps[None, :]
 
 
 class GemmaModel(nn.Module):
@@ -236,41 +241,46 @@ class GemmaForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
-        cache: KVCache | None = None,
-        pad: torch.Tensor | None = None,
+        caches: Sequence[KVCache] | None = None,
         logits_positions: torch.Tensor | slice | None = None,
     ) -> torch.Tensor:
-        """Logits (B, P, V) for new tokens `input_ids` (B, T) following the cache's content.
+        """Logits (B, P, V) for new tokens `input_ids` (B, T).
 
-        `pad` (B,) counts left-padding slots per row: they are masked out of attention and
-        positions start after them. `logits_positions` picks which of the T positions get
-        LM-head logits (default: the last only); the (V x D) head dominates all other positions.
+        With `caches` (one per row), row b's tokens follow what caches[b] holds (positions
+        from its length on) and their keys and values are written to it; without, the T
+        tokens are a whole sequence (scoring, training). `logits_positions` picks which of the
+        T positions get LM-head logits (default: the last only); the (V x D) head dominates
+        all other positions.
         """
-        backend = self.model.embed_tokens.backend
-        if backend is None or input_ids.shape[1] == 1:
-            return self._forward(input_ids, cache, pad, logits_positions)
-        with backend.prompt_threads():  # many tokens a sequence: PyTorch may use every core
-            return self._forward(input_ids, cache, pad, logits_positions)
+        if caches is not None and len(caches) != input_ids.shape[0]:
+            raise ValueError(f"{input_ids.shape[0]} rows of tokens for {len(caches)} caches")
+        positions = token_positions(caches, input_ids.shape, input_ids.device)
+        x = self.embed(input_ids)  # (B, T, D)
+        rope = self.rope(positions)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, rope, caches, i)
+        for cache in caches or ():
+            cache.length += input_ids.shape[1]
+        return self.head(x, logits_positions)
 
-    def _forward(self, input_ids, cache, pad, logits_positions) -> torch.Tensor:
-        start = cache.length if cache is not None else 0
-        positions, mask = positions_and_mask(pad, start, input_ids.shape, input_ids.device)
-        embed = self.model.embed_tokens
-        x = embed(input_ids).to(self.activation_dtype)  # (B, T, D)
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Scaled token embeddings (B, T, D) in the activation dtype."""
+        x = self.model.embed_tokens(input_ids).to(self.activation_dtype)  # (B, T, D)
         # The scale is rounded to the activation dtype first, as the reference does.
-        x = x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
-        rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        step = embed.backend.step_for(self, x, cache) if embed.backend is not None else None
-        if step is not None:  # one token per sequence, every layer in one native call
-            x = step.run(self, x, rope, pad, cache, start)
-        else:
-            for i, layer in enumerate(self.model.layers):
-                x = layer(x, rope, mask, cache, i, start)
-        if cache is not None:
-            cache.length = start + input_ids.shape[1]
+        return x * torch.tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables (B, 1, T, hd) for positions (B, T)."""
+        config = self.config
+        return rope_cos_sin(positions, config.head_dim, config.rope_theta, self.activation_dtype)
+
+    def head(
+        self, x: torch.Tensor, logits_positions: torch.Tensor | slice | None = None
+    ) -> torch.Tensor:
+        """LM-head logits (B, P, V) of the chosen positions of hidden states x (B, T, D)."""
         if logits_positions is None:
             logits_positions = slice(-1, None)
         x = x[:, logits_positions]  # (B, P, D)
         if x.shape[1] == 0:  # a prompt chunk whose logits nobody reads: skip the head
             return x.new_zeros(x.shape[0], 0, self.config.vocab_size)
-        return embed.project(self.model.norm(x))  # (B, P, V)
+        return self.model.embed_tokens.project(self.model.norm(x))  # (B, P, V)

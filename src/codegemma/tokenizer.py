@@ -188,6 +188,18 @@ class Tokenizer:
             parts.append(decode_byte_run(run))
         return "".join(parts)
 
+    def byte_lengths(self, ids: Iterable[int]) -> list[int]:
+        """How many bytes of UTF-8 text each token decodes to (a byte-fallback token: one),
+        so that the tokens of `encode(text, add_bos=False)` can be mapped back onto `text`."""
+        lengths = []
+        for token in _as_id_list(ids):
+            token = self._checked_id(token)
+            if token in self._bytes:
+                lengths.append(1)
+            else:
+                lengths.append(len(self._piece(token).replace("\u2581", " ").encode("utf-8")))
+        return lengths
+
     # ----------------------------------------------------------------------------- helpers
 
     def _piece(self, token_id: int) -> str:

@@ -67,7 +67,7 @@ class NativeBackend:
             self.kernels.gemm_groups(self.kernels.quantize_rows(flat, weight.bits), weight, out)
             return out.view(*x.shape[:-1], -1)
         if isinstance(weight, torch.Tensor) and self.fast_bf16_gemm:
-            return F.linear(x.to(weight.dtype), weight).float()
+            return per_sequence_linear(x.to(weight.dtype), weight).float()
         # Widen one slice of rows at a time: scratch memory stays small (a 256000-row
         # embedding would need 2 GB at once) and each slice is still a large GEMM. CPUs with
         # bf16 matrix units widen quantized weights to bfloat16 and multiply in bf16 (~2.5x
@@ -79,12 +79,6 @@ class NativeBackend:
         for start, stop in self._slices(weight):
             out[..., start:stop] = self._slice_product(x, weight, start, stop)
         return out
-
-    def step_for(self, model, x: torch.Tensor, cache) -> DecodeStep | None:
-        """The C decode step if it serves this forward pass (see DecodeStep.serves)."""
-        if self.fused_decode and self.decode_step.serves(model, x, cache):
-            return self.decode_step
-        return None
 
     def fuses_mlp(self, x: torch.Tensor, gate: Weight, up: Weight) -> bool:
         """True when `gated_mlp` serves this input: a prompt (T > 1) through quantized
@@ -152,7 +146,7 @@ class NativeBackend:
             both = self._buffer((2 * rows, x.shape[-1]), torch.bfloat16)  # gate rows, up rows
             self.kernels.dequantize(_row_slice(gate, start, stop), both[:rows])
             self.kernels.dequantize(_row_slice(up, start, stop), both[rows:])
-            product = F.linear(x, both)  # (B, T, 2 rows) bfloat16
+            product = per_sequence_linear(x, both)  # (B, T, 2 rows) bfloat16
             activated = torch.ops.aten.gelu_(product[..., :rows].float(), approximate="tanh")
             hidden[..., start:stop] = activated.mul_(product[..., rows:])
         return hidden
@@ -175,7 +169,7 @@ class NativeBackend:
         """x @ weight[start:stop]^T through a widened copy of those rows (x's dtype)."""
         piece = _row_slice(weight, start, stop)
         widened = self.kernels.dequantize(piece, self._buffer(piece.shape, x.dtype))
-        return F.linear(x, widened)
+        return per_sequence_linear(x, widened)
 
     @contextlib.contextmanager
     def prompt_threads(self) -> Iterator[None]:
@@ -198,14 +192,17 @@ class NativeBackend:
         return self._scratch[:floats].view(dtype)[:size].view(shape)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+def per_sequence_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (B, T, K) @ weight (N, K)^T -> (B, T, N), one GEMM of T rows per sequence.
+
+    PyTorch's CPU GEMMs (MKL, oneDNN) choose their blocking, and with it the order of each
+    sum, by the number of rows: on AVX2 machines a batch of 10 prompts rounded differently
+    from each prompt alone. Called per sequence, a sequence's GEMM has the same shape, the same
+    call and (its rows being contiguous, K a multiple of 16) the same alignment alone or
+    batched, so its numbers never depend on the batch."""
+    if x.dim() != 3:
+        return F.linear(x, weight)
+    out = x.new_empty(*x.shape[:-1], weight.shape[0])
+    for row in range(x.shape[0]):
+        torch.mm(x[row], weight.t(), out=out[row])
+    return out

@@ -42,11 +42,18 @@ typedef struct {
 
 typedef struct {
     int64_t hidden, heads, kv_heads, head_dim, intermediate;
-    int64_t capacity;      /* cache slots per (row, kv head) */
-    int64_t layer_stride;  /* floats from one layer's cache to the next */
-    int64_t row_stride;    /* floats from one batch row's cache to the next */
-    float eps, scale;      /* RMSNorm epsilon, attention scale */
+    float eps, scale; /* RMSNorm epsilon, attention scale */
 } cg_dims;
+
+/* Where one row's new token goes: each row has a cache of its own (one sequence's), float32
+ * (layers, kv_heads, capacity, head_dim). Several rows may share a cache at consecutive slots
+ * (tokens of one sequence checked together): every row's keys and values are written before
+ * any row attends, and a row reads only up to its own slot. */
+typedef struct {
+    float *keys, *values; /* layer 0 of the cache */
+    int64_t capacity;     /* slots per (layer, kv head) */
+    int64_t slot;         /* this token's slot; it attends to slots [0, slot] */
+} cg_row;
 
 /* y (M, rows) = x (M, cols) @ W^T, any M: the weight is read once for all rows. */
 static int project(cg_pool *pool, const cg_weight *w, const float *x, float *y, int64_t M,
@@ -127,39 +134,39 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
 }
 
 /* Attention of the new tokens, one item per (row, query head): softmax(q k^T * scale) v over
- * the row's cache slots [first[m], slot]. Consecutive heads that share a key/value head are
- * done together, so each cached key and value is read once for all of them (8 query heads
- * per key/value head in CodeGemma-2B), and the items are split between the pool's threads;
- * every head's arithmetic, and its order, is the same whoever computes it. */
+ * the row's cache slots [0, slot]. Consecutive heads that share a key/value head are done
+ * together, so each cached key and value is read once for all of them (8 query heads per
+ * key/value head in CodeGemma-2B), and the items are split between the pool's threads; every
+ * head's arithmetic, and its order, is the same whoever computes it. */
 typedef struct {
     const cg_dims *d;
-    const float *q;             /* (M, heads * head_dim) */
-    const float *keys, *values; /* the layer's cache, row 0 */
-    const int64_t *first;
-    int64_t slot;
-    float *scores; /* (M * heads, slot + 1) */
-    float *out;    /* (M, heads * head_dim) */
+    const float *q;      /* (M, heads * head_dim) */
+    const cg_row *rows;  /* (M,) */
+    int64_t layer;
+    int64_t span;        /* score slots per (row, head): the largest slot + 1 */
+    float *scores;       /* (M * heads, span) */
+    float *out;          /* (M, heads * head_dim) */
 } attend_args;
 
 static void attend_heads(const attend_args *a, int64_t m, int64_t h0, int64_t h1) {
     const cg_dims *d = a->d;
-    int64_t hd = d->head_dim, group = d->heads / d->kv_heads, span = a->slot + 1;
-    int64_t first = a->first[m] < a->slot ? a->first[m] : a->slot, n = a->slot - first + 1;
-    int64_t at = m * d->row_stride + (h0 / group) * d->capacity * hd + first * hd;
-    const float *k = a->keys + at, *v = a->values + at;
+    const cg_row *row = &a->rows[m];
+    int64_t hd = d->head_dim, group = d->heads / d->kv_heads, span = a->span, n = row->slot + 1;
+    int64_t at = (a->layer * d->kv_heads + h0 / group) * row->capacity * hd;
+    const float *k = row->keys + at, *v = row->values + at;
     const float *q = a->q + m * d->heads * hd;
     float *scores = a->scores + (m * d->heads) * span, *out = a->out + m * d->heads * hd;
     for (int64_t s = 0; s < n; s++) /* each key read once for the heads h0..h1-1 */
         for (int64_t h = h0; h < h1; h++)
             scores[h * span + s] = dot(q + h * hd, k + s * hd, hd) * d->scale;
     for (int64_t h = h0; h < h1; h++) { /* scores become probabilities */
-        float *row = scores + h * span, top = -INFINITY;
-        for (int64_t s = 0; s < n; s++) top = row[s] > top ? row[s] : top;
-        for (int64_t s = 0; s < n; s++) row[s] -= top;
-        exp_in_place(row, n);
+        float *p = scores + h * span, top = -INFINITY;
+        for (int64_t s = 0; s < n; s++) top = p[s] > top ? p[s] : top;
+        for (int64_t s = 0; s < n; s++) p[s] -= top;
+        exp_in_place(p, n);
         float total = 0.0f;
-        for (int64_t s = 0; s < n; s++) total += row[s];
-        for (int64_t s = 0; s < n; s++) row[s] /= total;
+        for (int64_t s = 0; s < n; s++) total += p[s];
+        for (int64_t s = 0; s < n; s++) p[s] /= total;
         memset(out + h * hd, 0, (size_t)hd * sizeof(float));
     }
     for (int64_t s = 0; s < n; s++) /* each value read once for the heads h0..h1-1 */
@@ -182,31 +189,31 @@ static void attend_task(void *p, int64_t begin, int64_t end) {
     }
 }
 
-/* Floats of `work` that cg_decode_layers needs for M rows and `slot` + 1 cached tokens. */
-int64_t cg_decode_work_floats(const cg_dims *d, int64_t M, int64_t slot) {
+/* Floats of `work` that cg_decode_layers needs for M rows whose largest slot is `max_slot`. */
+int64_t cg_decode_work_floats(const cg_dims *d, int64_t M, int64_t max_slot) {
     int64_t qw = d->heads * d->head_dim, kvw = d->kv_heads * d->head_dim;
     return M * (2 * d->hidden + 2 * qw + 2 * kvw + 3 * d->intermediate) +
-           M * d->heads * (slot + 1) + 64;
+           M * d->heads * (max_slot + 1) + 64;
 }
 
-/* x (M, hidden) float32 goes through every layer in place; the new token of row m sits at
- * cache slot `slot` with position tables cos/sin (M, head_dim) and attends to slots
- * [first[m], slot]. keys/values point at layer 0, row 0 of float32 caches laid out (layers,
- * rows, kv_heads, capacity, head_dim) with the strides in `d`. `work` holds
+/* x (M, hidden) float32 goes through every layer in place; row m's new token has position
+ * tables cos/sin (M, head_dim) and goes to rows[m] (its cache and slot). `work` holds
  * cg_decode_work_floats floats; `scratch` the bytes a matvec on `intermediate` inputs needs.
- * Returns 0, or the first failing projection's status. */
+ * Returns 0, -1 on a slot outside its cache, or the first failing projection's status. */
 int cg_decode_layers(cg_pool *pool, const cg_layer *layers, int64_t nlayers, const cg_dims *d,
-                     float *x, int64_t M, const float *cos, const float *sin, float *keys,
-                     float *values, int64_t slot, const int64_t *first, float *work,
-                     void *scratch) {
+                     float *x, int64_t M, const float *cos, const float *sin, const cg_row *rows,
+                     float *work, void *scratch) {
     int64_t D = d->hidden, hd = d->head_dim, I = d->intermediate;
-    int64_t qw = d->heads * hd, kvw = d->kv_heads * hd;
+    int64_t qw = d->heads * hd, kvw = d->kv_heads * hd, span = 0;
+    for (int64_t m = 0; m < M; m++) {
+        if (rows[m].slot < 0 || rows[m].slot >= rows[m].capacity) return -1;
+        span = rows[m].slot + 1 > span ? rows[m].slot + 1 : span;
+    }
     float *h = work, *q = h + M * D, *k = q + M * qw, *v = k + M * kvw, *att = v + M * kvw;
     float *proj = att + M * qw, *gate = proj + M * D, *up = gate + M * I, *tmp = up + M * I;
     float *scores = tmp + M * I;
     for (int64_t l = 0; l < nlayers; l++) {
         const cg_layer *L = &layers[l];
-        float *lk = keys + l * d->layer_stride, *lv = values + l * d->layer_stride;
         for (int64_t m = 0; m < M; m++) rms_norm(x + m * D, L->attn_norm, h + m * D, D, d->eps);
         int status = project(pool, &L->q, h, q, M, scratch);
         if (!status) status = project(pool, &L->k, h, k, M, scratch);
@@ -214,16 +221,17 @@ int cg_decode_layers(cg_pool *pool, const cg_layer *layers, int64_t nlayers, con
         if (status) return status;
         for (int64_t m = 0; m < M; m++) {
             const float *c = cos + m * hd, *s = sin + m * hd;
+            const cg_row *row = &rows[m];
             for (int64_t head = 0; head < d->heads; head++) rope(q + m * qw + head * hd, c, s, hd);
             for (int64_t g = 0; g < d->kv_heads; g++) {
                 float *kg = k + m * kvw + g * hd;
                 rope(kg, c, s, hd);
-                int64_t at = m * d->row_stride + g * d->capacity * hd + slot * hd;
-                memcpy(lk + at, kg, (size_t)hd * sizeof(float));
-                memcpy(lv + at, v + m * kvw + g * hd, (size_t)hd * sizeof(float));
+                int64_t at = ((l * d->kv_heads + g) * row->capacity + row->slot) * hd;
+                memcpy(row->keys + at, kg, (size_t)hd * sizeof(float));
+                memcpy(row->values + at, v + m * kvw + g * hd, (size_t)hd * sizeof(float));
             }
         }
-        attend_args attention = {d, q, lk, lv, first, slot, scores, att};
+        attend_args attention = {d, q, rows, l, span, scores, att};
         cg_pool_split(pool, attend_task, &attention, M * d->heads);
         if ((status = project(pool, &L->o, att, proj, M, scratch))) return status;
         for (int64_t i = 0; i < M * D; i++) x[i] = x[i] + proj[i];

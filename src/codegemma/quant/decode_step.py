@@ -49,11 +49,17 @@ class _Dims(ctypes.Structure):
         ("kv_heads", ctypes.c_int64),
         ("head_dim", ctypes.c_int64),
         ("intermediate", ctypes.c_int64),
-        ("capacity", ctypes.c_int64),
-        ("layer_stride", ctypes.c_int64),
-        ("row_stride", ctypes.c_int64),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
+    ]
+
+
+class _Row(ctypes.Structure):
+    _fields_ = [
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("capacity", ctypes.c_int64),
+        ("slot", ctypes.c_int64),
     ]
 
 
@@ -89,49 +95,56 @@ class DecodeStep:
         self._norms: list[torch.Tensor] = []  # 1 + norm weights, float32, kept alive
         self._work = torch.empty(0, dtype=torch.float32)
 
-    def serves(self, model, x: torch.Tensor, cache) -> bool:
-        """True when `model`'s forward over x (B, 1, D) may use `run`."""
-        if cache is None or x.shape[1] != 1 or x.dtype != torch.float32:
+    def serves(self, model, caches) -> bool:
+        """True when one new token per cache of `model` may go through `run`: no gradients,
+        plain layers, weights the kernels read, float32 caches on the CPU."""
+        if torch.is_grad_enabled() or model.activation_dtype != torch.float32:
             return False
-        if torch.is_grad_enabled() or x.device.type != "cpu":
-            return False
-        for table in (cache.keys, cache.values):
-            if table.dtype != torch.float32 or not table.is_contiguous():
-                return False
+        for cache in caches:
+            for table in (cache.keys, cache.values):
+                if table.dtype != torch.float32 or table.device.type != "cpu":
+                    return False
+                if not table.is_contiguous():
+                    return False
         return self._described(model) is not None
 
-    def run(self, model, x, rope, pad, cache, start: int) -> torch.Tensor:
-        """x (B, 1, D) after every decoder layer, the new tokens' keys and values written to
-        cache slot `start`. rope: cos, sin (B, 1, 1, hd); pad (B,) or None. Called right
-        after `serves` said yes (which checked the model's weights)."""
+    def run(self, model, x: torch.Tensor, rope, caches, slots) -> torch.Tensor:
+        """x (M, D) after every decoder layer; row m's key and value are written to slot
+        slots[m] of caches[m] and it attends to that cache's slots [0, slots[m]] (rows may
+        share a cache at consecutive slots: every row is written before any attends). rope:
+        cos, sin (M, hd). Called right after `serves` said yes (which checked the weights).
+        Cache lengths are the caller's to update."""
         layers = self._layers
         if layers is None:
             raise RuntimeError("DecodeStep.run needs a model that `serves` accepted")
         config = model.config
-        B, _, D = x.shape
-        _, rows_cached, KV, S, hd = cache.keys.shape
-        # the C code writes slot `start` of every row: check what cache.write would
-        if start + 1 > S:
-            raise ValueError(f"KV cache overflow: {start + 1} slots needed, capacity {S}")
-        if rows_cached != B or (pad is not None and pad.shape != (B,)):
-            raise ValueError(f"{B} new tokens for a cache of {rows_cached} rows")
+        M, D = x.shape
+        if len(caches) != M or len(slots) != M:
+            raise ValueError(f"{M} new tokens for {len(caches)} caches and {len(slots)} slots")
+        for cache, slot in zip(caches, slots, strict=True):
+            if not 0 <= slot < cache.capacity:
+                raise ValueError(
+                    f"KV cache overflow: {slot + 1} slots needed, capacity {cache.capacity}"
+                )
+        hd = config.head_dim
         dims = _Dims(
             D,
             config.num_attention_heads,
-            KV,
+            config.num_key_value_heads,
             hd,
             config.intermediate_size,
-            S,
-            B * KV * S * hd,
-            KV * S * hd,
             config.rms_norm_eps,
             hd**-0.5,
         )
-        x = x.reshape(B, D).contiguous()
-        cos, sin = (table.reshape(B, hd).contiguous() for table in rope)
-        first = torch.zeros(B, dtype=torch.int64) if pad is None else pad.to(torch.int64)
-        first = first.contiguous()
-        work = self._work_floats(self.kernels.decode_work_floats(dims, B, start))
+        rows = (_Row * M)(
+            *(
+                _Row(c.keys.data_ptr(), c.values.data_ptr(), c.capacity, slot)
+                for c, slot in zip(caches, slots, strict=True)
+            )
+        )
+        x = x.contiguous()
+        cos, sin = (table.reshape(M, hd).contiguous() for table in rope)
+        work = self._work_floats(self.kernels.decode_work_floats(dims, M, max(slots)))
         self.kernels.decode_layers(
             layers,
             len(layers),
@@ -139,14 +152,11 @@ class DecodeStep:
             x,
             cos,
             sin,
-            cache.keys,
-            cache.values,
-            start,
-            first,
+            rows,
             work,
             max(D, dims.heads * hd, dims.intermediate),  # the widest projection input
         )
-        return x.view(B, 1, D)
+        return x
 
     def _work_floats(self, count: int) -> torch.Tensor:
         if self._work.numel() < count:

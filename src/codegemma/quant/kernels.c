@@ -774,6 +774,7 @@ typedef struct {
 
 #if defined(CG_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define CG_ROW_GROUPS 1
+#define CG_GROUPS_512 1 /* 16 rows in one register, vpdpbusd */
 
 CG_INLINE __m512 group_scales(const groups_args *a, int64_t g, int64_t b, int64_t nb) {
     if (a->scale_f32) return _mm512_loadu_ps((const float *)a->scales + (g * nb + b) * CG_GROUP);
@@ -930,6 +931,107 @@ CG_INLINE void group_block_bf16(int bits, const uint8_t *block, const float *sca
             }
         }
 }
+#elif defined(CG_AVX2)
+/* AVX2 without VNNI: the same layout and the same numbers. A group's 16 rows are two halves of
+ * 8 rows (32 bytes of each 64-byte run). Byte products go through `vpmaddubsw` (unsigned x
+ * signed bytes, pairs summed in 16 bits) and `vpmaddwd` (pairs of those in 32 bits), which
+ * saturates where two products of 255 x 127 meet: int8 weights are therefore taken back to
+ * signed bytes and multiplied by magnitude (|q|, at most 128) against x with q's sign, as
+ * llama.cpp does; int4 nibbles (0..15) meet x directly, and eight such products per 16-bit
+ * lane stay below 2^15. Either way each (row, block) integer sum equals the VNNI code's after
+ * its offset correction, and the float work per row (sum x scale x scale of x, one FMA per
+ * block, blocks in order) is the VNNI code's lane by lane: the same bits on both CPU classes. */
+#define CG_ROW_GROUPS 1
+
+/* The 8 scales of half h of (group g, block b). */
+CG_INLINE __m256 half_scales(const groups_args *a, int64_t g, int64_t b, int64_t nb, int h) {
+    const int64_t at = (g * nb + b) * CG_GROUP + 8 * h;
+    if (a->scale_f32) return _mm256_loadu_ps((const float *)a->scales + at);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)a->scales + at)));
+}
+
+CG_INLINE __m256i broadcast4(const int8_t *x) { /* 4 bytes of x in every 32-bit lane */
+    int32_t word;
+    memcpy(&word, x, 4);
+    return _mm256_set1_epi32(word);
+}
+
+/* d[m] = the 8 rows' exact integer dot products with row m of x (k bytes apart) over one block,
+ * for T rows of x; w: the half's first run (runs 64 bytes apart). */
+CG_INLINE void half_block_i8(const uint8_t *w, const int8_t *x, int64_t k, const int T,
+                             __m256i *d) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int m = 0; m < T; m++) d[m] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + c * 64)), flip);
+        __m256i magnitude = _mm256_sign_epi8(q, q); /* |q|; -128 reads as 128 unsigned */
+        for (int m = 0; m < T; m++) {
+            __m256i signed_x = _mm256_sign_epi8(broadcast4(x + m * k + 4 * c), q);
+            __m256i pairs = _mm256_maddubs_epi16(magnitude, signed_x);
+            d[m] = _mm256_add_epi32(d[m], _mm256_madd_epi16(pairs, ones));
+        }
+    }
+}
+
+/* The same for int4: nibbles q + 8 times x, less the offset (xs: 8 x the block sum of x). */
+CG_INLINE void half_block_i4(const uint8_t *w, const int8_t *x, int64_t k, const int32_t *xs,
+                             int64_t nb, const int T, __m256i *d) {
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256i pairs[4];
+    for (int m = 0; m < T; m++) pairs[m] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + c * 64));
+        __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        for (int m = 0; m < T; m++) {
+            const int8_t *xm = x + m * k;
+            pairs[m] = _mm256_add_epi16(
+                pairs[m], _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(xm + 4 * c)),
+                                           _mm256_maddubs_epi16(hi, broadcast4(xm + 16 + 4 * c))));
+        }
+    }
+    for (int m = 0; m < T; m++)
+        d[m] = _mm256_sub_epi32(_mm256_madd_epi16(pairs[m], ones), _mm256_set1_epi32(xs[m * nb]));
+}
+
+/* acc[m] += the half's block b for rows m0 .. m0 + T - 1 of x. */
+CG_INLINE void half_block(const groups_args *a, const uint8_t *w, int64_t g, int64_t b, int h,
+                          int64_t m0, const int T, const int bits, __m256 *acc) {
+    const int64_t k = a->K, nb = k / CG_BLOCK;
+    const int8_t *x = a->xq + m0 * k + b * CG_BLOCK;
+    __m256i d[4];
+    if (bits == 8) half_block_i8(w + 32 * h, x, k, T, d);
+    else half_block_i4(w + 32 * h, x, k, a->xs + m0 * nb + b, nb, T, d);
+    __m256 scale = half_scales(a, g, b, nb, h);
+    for (int m = 0; m < T; m++) {
+        __m256 s = _mm256_mul_ps(scale, _mm256_set1_ps(a->xd[(m0 + m) * nb + b]));
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[m]), s, acc[m]);
+    }
+}
+
+/* y[m, 16g .. 16g+15] for groups [begin, end); M constant after inlining. Blocks outermost, so
+ * a block's bytes are read from memory once and serve both halves and every row of x. */
+CG_INLINE void groups_rows(const groups_args *a, int64_t begin, int64_t end, const int M,
+                           const int bits) {
+    const int64_t nb = a->K / CG_BLOCK, block_bytes = group_runs(bits) * 64;
+    for (int64_t g = begin; g < end; g++) {
+        const uint8_t *w = a->values + g * nb * block_bytes;
+        __m256 acc[2][CG_MAX_M];
+        for (int h = 0; h < 2; h++)
+            for (int m = 0; m < M; m++) acc[h][m] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++, w += block_bytes)
+            for (int h = 0; h < 2; h++) {
+                if (M <= 4) {
+                    half_block(a, w, g, b, h, 0, M, bits, acc[h]);
+                } else { /* rows of x 4 at a time: accumulators and weights fit the registers */
+                    half_block(a, w, g, b, h, 0, 4, bits, acc[h]);
+                    half_block(a, w, g, b, h, 4, M - 4, bits, acc[h] + 4);
+                }
+            }
+        for (int h = 0; h < 2; h++)
+            for (int m = 0; m < M; m++)
+                _mm256_storeu_ps(a->y + m * a->N + g * CG_GROUP + 8 * h, acc[h][m]);
+    }
+}
 #endif
 
 /* Portable form of the same arithmetic (CPUs without VNNI; tests compare the two). */
@@ -1076,7 +1178,7 @@ static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *block = a->values + (g * nb + b) * runs * 64;
             float scales[CG_GROUP];
-#ifdef CG_ROW_GROUPS
+#ifdef CG_GROUPS_512
             _mm512_storeu_ps(scales, group_scales(a, g, b, nb)); /* 16 at once */
 #else
             for (int r = 0; r < CG_GROUP; r++)
@@ -1085,7 +1187,7 @@ static void groups_dequant_task(void *p, int64_t begin, int64_t end) {
                     a->scale_f32);
 #endif
             int64_t first = g * CG_GROUP * k + b * CG_BLOCK; /* row 16g, column 32b */
-#ifdef CG_ROW_GROUPS
+#ifdef CG_GROUPS_512
             if (a->out_bf16) {
                 group_block_bf16(a->bits, block, scales, (uint16_t *)a->out + first, k);
                 continue;
@@ -1191,6 +1293,19 @@ int cg_bf16_dot(void) {
     return 1;
 #else
     return 0;
+#endif
+}
+
+/* The instruction sets the library was built to use, for reports. */
+const char *cg_isa(void) {
+#if defined(CG_GROUPS_512) && defined(CG_BF16_DOT)
+    return "AVX-512: VNNI byte dot products, BF16 dot products";
+#elif defined(CG_GROUPS_512)
+    return "AVX-512: VNNI byte dot products";
+#elif defined(CG_AVX2)
+    return "AVX2/FMA/F16C: vpmaddubsw byte products";
+#else
+    return "portable C";
 #endif
 }
 

@@ -25,7 +25,7 @@ from codegemma.quant.row_groups import GROUP, RowGroups
 
 # the matrix-vector kernels, and the whole-stack decode step built on them
 SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("decode_step.c"))
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-std=c11"]
+FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-std=c11"]
 OPENMP_FLAG = "-fopenmp"  # tried first; compilers without OpenMP build the library without it
 _KIND = {torch.bfloat16: 16, Int8Blocks: 8, Int4Blocks: 4}
 
@@ -42,14 +42,16 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def build_library(verbose: bool = False) -> tuple[Path, float]:
-    """Path of the compiled library (building it if needed) and the seconds spent building."""
+def build_library(verbose: bool = False, arch: str | None = None) -> tuple[Path, float]:
+    """Path of the compiled library (building it if needed) and the seconds spent building;
+    `arch`: the `-march` to build for (default `target_arch()`)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise KernelUnavailable("no C compiler (cc/gcc) found")
+    flags = [*FLAGS, f"-march={_checked_arch(arch or target_arch())}"]
     key = hashlib.sha256(
         b"".join(path.read_bytes() for path in SOURCES)
-        + " ".join([*FLAGS, OPENMP_FLAG]).encode()
+        + " ".join([*flags, OPENMP_FLAG]).encode()
         + compiler.encode()
         + platform.machine().encode()
         + _cpu_signature().encode()
@@ -63,10 +65,10 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
-        for flags in ([*FLAGS, OPENMP_FLAG], FLAGS):
+        for attempt in ([*flags, OPENMP_FLAG], flags):
             try:
                 result = subprocess.run(
-                    [compiler, *flags, *map(str, SOURCES), "-lm", "-o", str(partial)],
+                    [compiler, *attempt, *map(str, SOURCES), "-lm", "-o", str(partial)],
                     capture_output=True,
                     text=True,
                 )
@@ -79,6 +81,18 @@ def build_library(verbose: bool = False) -> tuple[Path, float]:
             raise KernelUnavailable(f"compiling {names} failed:\n{result.stderr[-2000:]}")
         os.replace(partial, target)  # atomic: concurrent builders never see a partial file
     return target, time.perf_counter() - started
+
+
+def target_arch() -> str:
+    """The CPU the kernels are compiled for: this one (`native`), or the `-march` name in
+    CODEGEMMA_KERNEL_ARCH (e.g. `haswell` to run the AVX2 code on an AVX-512 machine)."""
+    return os.environ.get("CODEGEMMA_KERNEL_ARCH") or "native"
+
+
+def _checked_arch(arch: str) -> str:
+    if not arch.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise KernelUnavailable(f"{arch!r} is not a -march name (CODEGEMMA_KERNEL_ARCH)")
+    return arch
 
 
 def _cpu_signature() -> str:
@@ -106,8 +120,8 @@ class QuantizedRows:
 class NativeKernels:
     """The loaded library plus one thread pool; owned by an engine, closed with it."""
 
-    def __init__(self, threads: int, verbose: bool = False) -> None:
-        path, self.build_seconds = build_library(verbose)
+    def __init__(self, threads: int, verbose: bool = False, arch: str | None = None) -> None:
+        path, self.build_seconds = build_library(verbose, arch)
         runtimes_before = openmp_runtimes()
         lib = ctypes.CDLL(str(path))
         # prompt-time widening may run on PyTorch's OpenMP threads only when loading the
@@ -138,7 +152,10 @@ class NativeKernels:
         lib.cg_decode_work_floats.restype = i64
         lib.cg_decode_work_floats.argtypes = [p, i64, i64]
         lib.cg_decode_layers.restype = i32
-        lib.cg_decode_layers.argtypes = [p, p, i64, p, p, i64, p, p, p, p, i64, p, p, p]
+        lib.cg_decode_layers.argtypes = [p, p, i64, p, p, i64, p, p, p, p, p]
+        lib.cg_isa.restype = ctypes.c_char_p
+        self.isa = lib.cg_isa().decode()  # what the build uses, for reports
+        self.arch = arch or target_arch()
         self.vectorized = bool(lib.cg_has_avx2())
         # bfloat16 weights meet activations rounded to bfloat16 (AVX512-BF16 CPUs)
         self.bf16_activations = bool(lib.cg_bf16_dot())
@@ -212,9 +229,9 @@ class NativeKernels:
             raise ValueError(f"matvec rejected shapes x {list(x.shape)}, weight {[N, K]}")
         return y
 
-    def decode_work_floats(self, dims, rows: int, slot: int) -> int:
+    def decode_work_floats(self, dims, rows: int, max_slot: int) -> int:
         """Floats of work memory `decode_layers` needs (dims: a decode_step._Dims)."""
-        return self._lib.cg_decode_work_floats(ctypes.byref(dims), rows, slot)
+        return self._lib.cg_decode_work_floats(ctypes.byref(dims), rows, max_slot)
 
     def decode_layers(
         self,
@@ -224,18 +241,15 @@ class NativeKernels:
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        slot: int,
-        first: torch.Tensor,
+        rows,
         work: torch.Tensor,
         widest_input: int,
     ) -> None:
-        """Run every row of x (one per row of the caches) through `count` layers in place
-        (decode_step.c)."""
-        rows = x.shape[0]
+        """Run every row of x (M, D) through `count` layers in place; rows: M decode_step._Row
+        (each row's cache and slot) (decode_step.c)."""
+        M = x.shape[0]
         # what a projection of the widest input needs, in either layout
-        need = max(_rows_scratch(rows, widest_input), _groups_scratch(rows, widest_input))
+        need = max(_rows_scratch(M, widest_input), _groups_scratch(M, widest_input))
         scratch = self._scratch_bytes(need)
         status = self._lib.cg_decode_layers(
             self._pool,
@@ -243,13 +257,10 @@ class NativeKernels:
             count,
             ctypes.byref(dims),
             x.data_ptr(),
-            rows,
+            M,
             cos.data_ptr(),
             sin.data_ptr(),
-            keys.data_ptr(),
-            values.data_ptr(),
-            slot,
-            first.data_ptr(),
+            rows,
             work.data_ptr(),
             scratch.data_ptr(),
         )

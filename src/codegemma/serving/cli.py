@@ -7,6 +7,10 @@ import ipaddress
 import os
 import sys
 
+from codegemma.fim import DEFAULT_FIM_MODE
+from codegemma.generation import PREFILL_CHUNK
+from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE
+
 API_KEY_ENV = "CODEGEMMA_API_KEY"
 
 
@@ -33,9 +37,9 @@ def register(commands) -> None:
     serve.add_argument(
         "--fim-mode",
         choices=("spm", "psm"),
-        default="spm",
-        help="FIM prompt order when a request does not say (spm: typing only appends to the "
-        "prompt, so the cache is reused; default)",
+        default=DEFAULT_FIM_MODE,
+        help="FIM prompt order when a request does not say (spm, the default: typing only "
+        "appends to the prompt, so the cache is reused)",
     )
     serve.add_argument(
         "--no-stable-prefix",
@@ -43,8 +47,15 @@ def register(commands) -> None:
         help="use long FIM prefixes as sent, instead of starting them at a stable line",
     )
     serve.add_argument("--cache-mib", type=int, default=1024, help="memory for kept KV caches")
-    serve.add_argument("--max-active", type=int, default=4, help="requests decoded in turn")
-    serve.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens per step")
+    serve.add_argument(
+        "--max-active",
+        type=int,
+        default=DEFAULT_MAX_ACTIVE,
+        help="requests in the running batch (each step decodes all of them in one pass)",
+    )
+    serve.add_argument(
+        "--prefill-chunk", type=int, default=PREFILL_CHUNK, help="prompt tokens per step"
+    )
     serve.add_argument("--max-body-mib", type=float, default=8.0, help="largest request body")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(run=_run_serve)
@@ -55,24 +66,18 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from codegemma.cli import load_model
     from codegemma.serving.app import create_app, model_info
-    from codegemma.serving.prompts import PromptBuilder
     from codegemma.serving.scheduler import Scheduler
 
     if not _is_loopback(args.host) and not args.api_key:
         print(f"warning: serving {args.host} without --api-key", file=sys.stderr)
     lm = load_model(args)
-    prompts = PromptBuilder(
-        lm.tokenizer,
-        lm.context_length,
-        fim_mode=args.fim_mode,
-        stable_prefix=not args.no_stable_prefix,
-    )
     scheduler = Scheduler(
         lm,
-        prompts,
         cache_bytes=args.cache_mib << 20,
         max_active=args.max_active,
         prefill_chunk=args.prefill_chunk,
+        fim_mode=args.fim_mode,
+        stable_prefix=not args.no_stable_prefix,
     ).start()
     app = create_app(
         scheduler,

@@ -32,7 +32,7 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return self.cache.keys.nbytes + self.cache.values.nbytes
+        return self.cache.nbytes
 
 
 class PrefixCache:
@@ -85,9 +85,7 @@ class PrefixCache:
                 best.cache.truncate(shared)
                 return best.cache, shared
         cache = self.new(needed)
-        cache.keys[:, :, :, :shared] = best.cache.keys[:, :, :, :shared]
-        cache.values[:, :, :, :shared] = best.cache.values[:, :, :, :shared]
-        cache.length = shared
+        cache.copy_prefix(best.cache, shared)
         return cache, shared
 
     def release(self, ids: Sequence[int], cache: KVCache) -> None:

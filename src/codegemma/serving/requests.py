@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Literal
 
+from codegemma.fim import FimMode
 from codegemma.sampling import SamplingParams
-
-FimMode = Literal["psm", "spm"]
 
 
 class RequestError(Exception):
@@ -74,6 +72,7 @@ class GenerationRequest:
     min_indent: int = 0  # stop at a new line indented less than this (llama.cpp `n_indent`)
     newline_deadline_ms: float = 0.0  # after a newline, stop once this long has passed (0: off)
     ignore_eos: bool = False  # generate through stop tokens (llama.cpp `ignore_eos`)
+    truncate: bool = False  # cut a plain or chat prompt too long for the context (oldest first)
 
 
 _MISSING = object()

@@ -1,11 +1,12 @@
-"""The one component that owns the model: a worker thread that runs every forward pass.
+"""The one component that owns the model: a worker thread that runs the engine's steps.
 
-Requests wait in a FIFO queue; up to `max_active` of them are decoded at a time, one forward
-pass each in turn (a prompt chunk or one token), so a long prompt never blocks a short
-completion for more than one chunk, and every sequence is computed exactly as it would be
-alone. Each job's cancellation flag is read before each of its steps: a client that goes away,
-or a newer request with the same client key, stops the old job within one step. Every job's
-KV cache comes from, and returns to, the prefix cache.
+Requests wait in a FIFO queue; up to `max_active` of them run in the engine's batch at a time
+(continuous batching: a request joins and leaves between any two steps). Each step is one
+forward pass over every running sequence that has a token to compute, plus prompt chunks of
+about `prefill_chunk` tokens, so a long prompt delays the others by at most one chunk, and
+every sequence is computed exactly as it would be alone. Cancellation is read before each
+step: a client that goes away, or a newer request with the same client key, stops the old job
+before the next forward pass. Every job's KV cache comes from, and returns to, the prefix cache.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from collections.abc import Callable
 import torch
 
 from codegemma.engine import CodeGemma
-from codegemma.generation import Continuation, StopConditions
-from codegemma.kv_cache import KVCache
+from codegemma.fim import FimMode
+from codegemma.generation import PREFILL_CHUNK, GenSequence
+from codegemma.prompts import Prompt
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.prefix_cache import PrefixCache
-from codegemma.serving.prompts import Prompt, PromptBuilder
+from codegemma.serving.prompts import build_prompt
 from codegemma.serving.requests import GenerationRequest
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ACTIVE = 8  # sequences in the running batch (see BENCHMARKS.md, server throughput)
 
 
 @dataclasses.dataclass
@@ -46,6 +50,7 @@ class Result:
     prompt_ms: float  # evaluating the prompt's uncached tokens, to the first new token
     generation_ms: float  # from the first new token to the end
     truncated_tokens: int  # prompt tokens left out to fit or to start at a stable line
+    dropped_files: int = 0  # context files left out to fit
 
     @property
     def evaluated_tokens(self) -> int:
@@ -86,14 +91,13 @@ class Job:
         self.submitted = time.perf_counter()
         self._cancelled = threading.Event()
         # Worker-thread state.
-        self.continuation: Continuation | None = None
+        self.sequence: GenSequence | None = None
         self.limits = EditorLimits(request.min_indent, request.newline_deadline_ms)
         self.text: list[str] = []
         self.admitted: float | None = None
-        self.first_token: float | None = None
 
     def cancel(self) -> None:
-        """Stop this job before its next step (safe from any thread)."""
+        """Stop this job before the next step (safe from any thread)."""
         self._cancelled.set()
 
     @property
@@ -102,28 +106,34 @@ class Job:
 
 
 class Scheduler:
-    """Owns `lm.model`: `submit` queues requests, the worker thread computes them.
+    """Owns the engine's batch: `submit` queues requests, the worker thread steps the batch.
 
-    `max_active` jobs are decoded in turn, `prefill_chunk` prompt tokens per step; kept KV
-    caches use at most `cache_bytes`; `threads` is PyTorch's thread count in the worker.
+    `max_active` sequences run at once, `prefill_chunk` prompt tokens per step; kept KV caches
+    use at most `cache_bytes`; `fim_mode` (None: the engine's default order) and
+    `stable_prefix` are the defaults for requests that do not say; `threads` is PyTorch's
+    thread count in the worker.
     """
 
     def __init__(
         self,
         lm: CodeGemma,
-        prompts: PromptBuilder,
         *,
         cache_bytes: int = 1 << 30,
-        max_active: int = 4,
-        prefill_chunk: int = 256,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        prefill_chunk: int = PREFILL_CHUNK,
+        fim_mode: FimMode | None = None,
+        stable_prefix: bool = True,
         threads: int | None = None,
     ) -> None:
+        if max_active < 1 or prefill_chunk < 1:
+            raise ValueError("max_active and prefill_chunk must be positive")
         self.lm = lm
-        self.prompts = prompts
         self.max_active = max_active
-        self.prefill_chunk = prefill_chunk
+        self.fim_mode = fim_mode
+        self.stable_prefix = stable_prefix
+        self.engine = lm.batch(prefill_chunk=prefill_chunk, interleave=True)
         self.cache = PrefixCache(
-            self._new_cache, max_capacity=lm.context_length, budget_bytes=cache_bytes
+            lm.new_cache, max_capacity=lm.context_length, budget_bytes=cache_bytes
         )
         # PyTorch's thread count is per thread: the worker takes the engine's (the caller's).
         self._threads = threads or torch.get_num_threads()
@@ -131,9 +141,8 @@ class Scheduler:
         self._wake = threading.Condition(self._lock)
         self._waiting: collections.deque[Job] = collections.deque()
         self._by_client: dict[str, Job] = {}
-        self._active: list[Job] = []  # worker thread only
+        self._active: dict[int, Job] = {}  # id(sequence) -> job; worker thread only
         self._closing = False
-        self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
         self._thread = threading.Thread(target=self._run, name="codegemma-scheduler", daemon=True)
         self.completed = 0  # jobs ended, any way (for health and tests)
 
@@ -151,9 +160,22 @@ class Scheduler:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, request: GenerationRequest, deliver: Callable[[Event], None]) -> Job:
-        """Queue `request`; raises RequestError at once if its prompt cannot be built."""
-        job = Job(request, self.prompts.build(request), deliver)
+    def build(self, request: GenerationRequest) -> Prompt:
+        """The prompt of `request` (raises RequestError); linear in its size, run by the
+        caller's thread, never the model's."""
+        return build_prompt(
+            self.lm, request, fim_mode=self.fim_mode, stable_prefix=self.stable_prefix
+        )
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        deliver: Callable[[Event], None],
+        prompt: Prompt | None = None,
+    ) -> Job:
+        """Queue `request` (its prompt built here unless given); raises RequestError at once if
+        its prompt cannot be built."""
+        job = Job(request, prompt or self.build(request), deliver)
         with self._lock:
             if self._closing:
                 raise RuntimeError("the scheduler is closed")
@@ -185,20 +207,24 @@ class Scheduler:
                 try:
                     self._round()
                 except Exception:  # a bug, not a bad request: fail what runs, keep serving
-                    log.exception("scheduler round failed")
-                    for job in list(self._active):
+                    log.exception("scheduler step failed")
+                    for job in list(self._active.values()):
                         self._fail(job, "the server failed on this request")
-        for job in self._active + list(self._waiting):
+        for job in [*self._active.values(), *self._waiting]:
             self._send(job, Failed("the server is shutting down"))
 
     def _round(self) -> None:
-        """One step of every running job, after retiring cancelled ones and admitting more."""
+        """Retire cancelled jobs, admit waiting ones, then one engine step."""
         # Cancelled jobs give their caches back first, so their successors reuse them.
-        for job in [j for j in self._active if j.cancelled]:
+        for job in [j for j in self._active.values() if j.cancelled]:
             self._end(job, "cancelled")
         self._admit()
-        for job in list(self._active):
-            self._advance(job)
+        if not self.engine.sequences:
+            return
+        for sequence, piece in self.engine.step():
+            job = self._active.get(id(sequence))
+            if job is not None:
+                self._advance(job, piece)
 
     def _admit(self) -> None:
         while len(self._active) < self.max_active:
@@ -208,80 +234,64 @@ class Scheduler:
                 job = self._waiting.popleft()
             job.admitted = time.perf_counter()
             if job.cancelled:
-                self._active.append(job)
-                self._end(job, "cancelled")
+                self._forget(job)
+                self._send(job, Done(self._result(job, "cancelled")))
                 continue
             try:
-                job.continuation = self._continuation(job)
+                job.sequence = self._sequence(job)
             except Exception:  # a request must never stop the scheduler
                 log.exception("could not start request %d", job.id)
                 self._fail(job, "the server could not start this request")
                 continue
-            self._active.append(job)
+            self._active[id(job.sequence)] = job
+            self.engine.add(job.sequence)
 
-    def _continuation(self, job: Job) -> Continuation:
+    def _sequence(self, job: Job) -> GenSequence:
         request, ids = job.request, job.prompt.ids
-        context = self.lm.context_length
-        budget = context - len(ids)
-        max_new = budget if request.max_tokens is None else min(request.max_tokens, budget)
-        needed = len(ids) + max_new
+        room = self.lm.context_length - len(ids)
+        limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        needed = len(ids) + limit
         if request.cache_prompt:
             cache, _ = self.cache.acquire(ids, needed)
         else:
             cache = self.cache.new(needed)
-        stop_ids = self._stop_token_ids(job.prompt.stop_tokens)
-        stops = StopConditions(
-            max_new_tokens=max_new,
-            stop_ids=frozenset() if request.ignore_eos else stop_ids,
-            stop_strings=request.stop,
-        )
-        return Continuation(
-            self.lm.model,
-            self.lm.tokenizer,
-            cache,
-            ids,
-            stops,
-            request.sampling,
-            prefill_chunk=self.prefill_chunk,
+        return self.lm.sequence(
+            job.prompt,
+            max_new_tokens=limit,
+            sampling=request.sampling,
+            stop=request.stop,
+            ignore_eos=request.ignore_eos,
+            cache=cache,
         )
 
-    def _advance(self, job: Job) -> None:
-        if job.cancelled:
-            self._end(job, "cancelled")
-            return
-        continuation = job.continuation
-        try:
-            piece = continuation.step()
-        except Exception:  # a failing request must not affect the others
-            log.exception("request %d failed", job.id)
-            self._fail(job, "the model failed on this request")
-            return
-        if continuation.prefilled and job.first_token is None:
-            job.first_token = time.perf_counter()
-        if continuation.generated:
-            piece = job.limits.feed(piece)
-        if continuation.completion is not None and not job.limits.hit:
+    def _advance(self, job: Job, piece: str) -> None:
+        sequence = job.sequence
+        piece = job.limits.feed(piece)
+        if sequence.finished and not job.limits.hit:
             piece += job.limits.flush()
         if piece:
             job.text.append(piece)
             self._send(job, Piece(piece))
         if job.limits.hit:
             self._end(job, "limit")
-        elif continuation.completion is not None:
-            self._end(job, continuation.completion.finish_reason)
+        elif sequence.finished:
+            self._end(job, sequence.completion.finish_reason)
 
     def _end(self, job: Job, reason: str) -> None:
         """Finish `job` ("stop", "length", "limit" or "cancelled"), keeping its cache."""
-        self._active.remove(job)
-        continuation = job.continuation
-        if continuation is not None and job.request.cache_prompt:
-            self.cache.release(continuation.cached_ids, continuation.cache)
+        sequence = job.sequence
+        self.engine.remove(sequence)
+        sequence.cancel()  # no-op when it finished by itself
+        del self._active[id(sequence)]
+        if job.request.cache_prompt:
+            self.cache.release(sequence.cached_ids, sequence.cache)
         self._forget(job)
         self._send(job, Done(self._result(job, reason)))
 
     def _fail(self, job: Job, message: str) -> None:
-        if job in self._active:
-            self._active.remove(job)
+        if job.sequence is not None:
+            self.engine.remove(job.sequence)
+            self._active.pop(id(job.sequence), None)
         self._forget(job)
         self._send(job, Failed(message))
 
@@ -300,11 +310,11 @@ class Scheduler:
             job.cancel()
 
     def _result(self, job: Job, reason: str) -> Result:
-        continuation = job.continuation
+        sequence = job.sequence
         now = time.perf_counter()
         admitted = job.admitted or now
-        first = job.first_token or now
-        completion = continuation.completion if continuation else None
+        first = (sequence.first_token_time if sequence else None) or now
+        completion = sequence.completion if sequence else None
         stop = completion.stop if completion is not None else None
         if reason == "stop":
             kind = "word" if stop in job.request.stop else "eos"
@@ -316,29 +326,11 @@ class Scheduler:
             stop_type=kind,
             stopping_word=stop if kind == "word" else "",
             prompt_tokens=len(job.prompt.ids),
-            cached_tokens=continuation.reused if continuation else 0,
-            completion_tokens=continuation.generated if continuation else 0,
+            cached_tokens=sequence.reused if sequence else 0,
+            completion_tokens=sequence.generated if sequence else 0,
             queue_ms=(admitted - job.submitted) * 1000,
             prompt_ms=(first - admitted) * 1000,
             generation_ms=(now - first) * 1000,
             truncated_tokens=job.prompt.truncated_tokens,
-        )
-
-    def _stop_token_ids(self, texts: tuple[str, ...]) -> frozenset[int]:
-        if texts not in self._stop_ids:
-            tokenizer = self.lm.tokenizer
-            ids = {tokenizer.token_id(t) for t in texts} | {tokenizer.eos_id}
-            self._stop_ids[texts] = frozenset(i for i in ids if i is not None)
-        return self._stop_ids[texts]
-
-    def _new_cache(self, capacity: int) -> KVCache:
-        config = self.lm.config
-        return KVCache(
-            config.num_hidden_layers,
-            1,
-            config.num_key_value_heads,
-            capacity,
-            config.head_dim,
-            dtype=self.lm.model.activation_dtype,
-            device=self.lm.device,
+            dropped_files=job.prompt.dropped_files,
         )
