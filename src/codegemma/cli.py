@@ -20,6 +20,7 @@ MODEL_ENV = "CODEGEMMA_MODEL"
 COMMAND_MODULES: tuple[str, ...] = (
     "codegemma.evaluation.cli",
     "codegemma.gguf.convert_cli",
+    "codegemma.retrieval.cli",
     "codegemma.serving.cli",
     "codegemma.training.cli",
 )
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="another file to show the model first (repeatable)",
     )
+    complete.add_argument(
+        "--repo", type=Path, help="take context from this repository (see `codegemma index`)"
+    )
+    complete.add_argument("--repo-tokens", type=int, help="tokens of --repo context")
     complete.add_argument("--whole-file", action="store_true", help="print the completed file")
     generation_options(complete)
     complete.set_defaults(run=_run_complete)
@@ -169,6 +174,15 @@ def _run_complete(args) -> int:
         prefix, suffix, path = args.prefix, args.suffix, None
     files = [(str(p), read_source(p)) for p in args.context_file]
     lm = load_model(args)
+    retrieval = None
+    if args.repo is not None:
+        from codegemma.retrieval.cli import repo_context
+
+        retrieval, repo_path = repo_context(
+            lm, args.repo, prefix, suffix, args.file, args.repo_tokens
+        )
+        files += retrieval.files
+        path = repo_path or path
     stream = lm.stream_complete(
         prefix,
         suffix,
@@ -180,9 +194,9 @@ def _run_complete(args) -> int:
     if args.whole_file:
         completion = _collect(stream)
         text = prefix + completion.text + suffix
-        _print_result(args, text, completion)
+        _print_result(args, text, completion, retrieval)
         return 0
-    return _emit(args, stream)
+    return _emit(args, stream, retrieval)
 
 
 def _run_generate(args) -> int:
@@ -245,7 +259,7 @@ def _collect(stream):
     return stream.completion
 
 
-def _emit(args, stream) -> int:
+def _emit(args, stream, retrieval=None) -> int:
     """Stream to a terminal; otherwise (or with --json) print once at the end."""
     if sys.stdout.isatty() and not args.json:
         for _ in _echo(stream):
@@ -253,13 +267,15 @@ def _emit(args, stream) -> int:
         print()
         return 0
     completion = _collect(stream)
-    _print_result(args, completion.text, completion)
+    _print_result(args, completion.text, completion, retrieval)
     return 0
 
 
-def _print_result(args, text: str, completion) -> None:
+def _print_result(args, text: str, completion, retrieval=None) -> None:
+    """`retrieval`: the RepoContext of --repo, reported in --json output."""
     if args.json:
         usage = completion.usage
+        extra = {"retrieval": retrieval.as_dict()} if retrieval is not None else {}
         print(
             json.dumps(
                 {
@@ -273,6 +289,7 @@ def _print_result(args, text: str, completion) -> None:
                         "generation_seconds": round(usage.generation_seconds, 4),
                         "truncated_tokens": usage.truncated_tokens,
                     },
+                    **extra,
                 },
                 ensure_ascii=False,
             )
