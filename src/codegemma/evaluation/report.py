@@ -140,3 +140,110 @@ def format_report(summary: dict) -> str:
         f"(execution {summary['execution_seconds']:.1f} s of sandbox time)"
     )
     return "\n".join(lines)
+
+
+def summarize_repo(
+    settings: dict, tasks: int, records: Sequence[dict], wall_seconds: float, *, resumed: int = 0
+) -> dict:
+    """Exact match and edit similarity (percent) per context setting of a repo-completion run,
+    with context sizes and retrieval times."""
+    by_setting: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in {r["task_id"]: r for r in records}.values():  # the latest of each
+        by_setting[r["setting"]].append(r)
+    table = {}
+    for setting in settings["settings"]:
+        rows = by_setting.get(setting, [])
+        n = max(1, len(rows))
+        retrieval = sorted(r["retrieval_ms"] for r in rows if r["retrieval_ms"] is not None)
+        table[setting] = {
+            "tasks": len(rows),
+            "exact_match": round(100 * sum(r["exact_match"] for r in rows) / n, 2),
+            "edit_similarity": round(100 * sum(r["edit_similarity"] for r in rows) / n, 2),
+            "shows_name": round(100 * sum(r["shows_name"] for r in rows) / n, 2),
+            "context_tokens": round(sum(r["context_tokens"] for r in rows) / n, 1),
+            "prompt_tokens": round(sum(r["prompt_tokens"] for r in rows) / n, 1),
+            "finish_reasons": dict(collections.Counter(r["finish_reason"] for r in rows)),
+            "retrieval_ms": _spread(retrieval) if retrieval else None,
+            "vs_none": _paired(rows, by_setting.get("none", [])) if setting != "none" else None,
+        }
+    return {
+        "task": settings["task"],
+        "model": (settings.get("model") or {}).get("name"),
+        "tasks": tasks,
+        "data": [f"{p['package']} {p['version']}" for p in settings["data"]["packages"]],
+        "budget": settings.get("prompt", {}).get("budget"),
+        "settings": table,
+        "generation_seconds": round(sum(r["generation_seconds"] for r in records), 3),
+        "wall_seconds": round(wall_seconds, 3),  # of this invocation
+        "resumed_samples": resumed,
+    }
+
+
+def _paired(rows: Sequence[dict], base: Sequence[dict]) -> dict | None:
+    """The setting minus no context, task by task (percentage points): mean differences and a
+    95% interval of the edit-similarity one (normal approximation over tasks)."""
+    before = {r["task_id"].rsplit("@", 1)[0]: r for r in base}
+    pairs = [(r, before[key]) for r in rows if (key := r["task_id"].rsplit("@", 1)[0]) in before]
+    if len(pairs) < 2:
+        return None
+    diffs = [100 * (a["edit_similarity"] - b["edit_similarity"]) for a, b in pairs]
+    matches = sum(a["exact_match"] - b["exact_match"] for a, b in pairs)
+    mean = sum(diffs) / len(diffs)
+    spread = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    half = 1.96 * spread / len(diffs) ** 0.5
+    return {
+        "tasks": len(pairs),
+        "exact_match": round(100 * matches / len(pairs), 2),
+        "edit_similarity": round(mean, 2),
+        "edit_similarity_ci95": [round(mean - half, 2), round(mean + half, 2)],
+        "better": sum(d > 0 for d in diffs),  # tasks whose similarity rose
+        "worse": sum(d < 0 for d in diffs),
+    }
+
+
+def _spread(values: Sequence[float]) -> dict:
+    """Mean, median, 95th percentile and maximum of sorted `values`."""
+
+    def pick(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {
+        "mean": round(sum(values) / len(values), 3),
+        "p50": round(pick(0.5), 3),
+        "p95": round(pick(0.95), 3),
+        "max": round(values[-1], 3),
+    }
+
+
+def format_repo_report(summary: dict) -> str:
+    """A short table for the terminal: one row per context setting."""
+    budget = summary.get("budget") or {}
+    lines = [
+        f"{summary['task']}: {summary['tasks']} tasks from {', '.join(summary['data'])}, "
+        f"{summary['model'] or 'default model'}; budget: current file "
+        f"{budget.get('in_file', '?')}, other files {budget.get('context', '?')} tokens",
+        f"{'setting':<11}{'tasks':>6}{'EM %':>8}{'ES %':>8}{'name shown %':>14}"
+        f"{'context tok':>13}{'retrieval ms':>22}",
+    ]
+    for setting, row in summary["settings"].items():
+        ms = row["retrieval_ms"]
+        shown = f"{ms['mean']:.1f} (p95 {ms['p95']:.1f})" if ms else "-"
+        lines.append(
+            f"{setting:<11}{row['tasks']:>6}{row['exact_match']:>8.2f}"
+            f"{row['edit_similarity']:>8.2f}{row['shows_name']:>14.2f}"
+            f"{row['context_tokens']:>13.1f}{shown:>22}"
+        )
+    for setting, row in summary["settings"].items():
+        paired = row.get("vs_none")
+        if paired:
+            low, high = paired["edit_similarity_ci95"]
+            lines.append(
+                f"{setting} - none: ES {paired['edit_similarity']:+.2f} points (95% interval "
+                f"{low:+.2f} to {high:+.2f}; {paired['better']} tasks up, {paired['worse']} "
+                f"down), EM {paired['exact_match']:+.2f}"
+            )
+    lines.append(
+        "name shown: the other files in the prompt contain the name the hidden line uses; "
+        f"wall time: {summary['wall_seconds']:.1f} s"
+    )
+    return "\n".join(lines)

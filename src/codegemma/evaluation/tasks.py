@@ -12,6 +12,17 @@ class DatasetError(CodeGemmaError):
 
 
 @dataclasses.dataclass(frozen=True)
+class CrossFileUse:
+    """Repo-completion: the name a hidden line uses, and where the repository defines it."""
+
+    name: str  # as written at the use: "format_size", or "utils.format_size" for a module's
+    line: int  # 0-based line of the use in the task's file
+    definition_path: str  # the other file, the one defining the name (the oracle file)
+    definition_line: int  # 0-based line of the definition there
+    definition_name: str  # the name as defined there (an import may rename it)
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     """A piece of code to write, in context, with the tests that judge it."""
 
@@ -19,9 +30,11 @@ class Task:
     prompt: str  # code before the part to write (MBPP: none)
     suffix: str  # code after it (infilling only)
     solution: str  # the reference text for that part (canonical solution)
-    test: str  # code run after the program; it raises when the answer is wrong
+    test: str  # code run after the program, raising if the answer is wrong (repo: "", compared)
     description: str = ""  # MBPP: the task in words
     examples: tuple[str, ...] = ()  # MBPP: the test asserts shown in the prompt
+    path: str = ""  # repo-completion: the file being completed, relative to the repository
+    cross_file: CrossFileUse | None = None  # repo-completion: what the hidden text uses
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Sequence
 
+from codegemma.evaluation.prompts import fit_around_cursor
 from codegemma.training.dataset import Document
 
 
@@ -56,23 +57,8 @@ def fit_task(task: LineTask, count_tokens: Callable[[str], int], budget: int) ->
     """The task with its context cut to whole lines near the hidden one: the suffix gets up to
     a quarter of `budget` tokens, the prefix the rest (the engine's own fitting then has little
     or nothing left to do, which keeps scoring fast)."""
-    before = task.prefix.splitlines(keepends=True)
-    after = task.suffix.splitlines(keepends=True)
-    kept_after, used = [], 0
-    for line in after:
-        cost = count_tokens(line)
-        if used + cost > budget // 4:
-            break
-        kept_after.append(line)
-        used += cost
-    kept_before: list[str] = []
-    for line in reversed(before):
-        cost = count_tokens(line)
-        if used + cost > budget:
-            break
-        kept_before.insert(0, line)
-        used += cost
-    return dataclasses.replace(task, prefix="".join(kept_before), suffix="".join(kept_after))
+    prefix, suffix = fit_around_cursor(task.prefix, task.suffix, count_tokens, budget)
+    return dataclasses.replace(task, prefix=prefix, suffix=suffix)
 
 
 def score_line_tasks(
