@@ -338,6 +338,35 @@ class CodeGemma:
         with self.acceleration.prompt_threads():
             return self.model(tokens, logits_positions=slice(None))[0].float()
 
+    @torch.inference_mode()
+    def embed(
+        self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False
+    ) -> torch.Tensor:
+        """Embeddings (N, D) float32 of N texts (BOS added) or token id lists: the final hidden
+        state after the final norm, mean-pooled over every token (BOS included), L2-normalized.
+        An input longer than the context is an error unless `truncate` (its end is dropped)."""
+        if isinstance(inputs, str) or not inputs:
+            raise InvalidRequestError("embed() needs a list of at least one input")
+        rows = []
+        for item in inputs:
+            ids = self.tokenizer.encode(item) if isinstance(item, str) else list(item)
+            if len(ids) > self.context_length and truncate:
+                ids = ids[: self.context_length]
+            if not ids or len(ids) > self.context_length:
+                raise PromptTooLongError(
+                    f"an input of {len(ids)} tokens does not fit in the context window of "
+                    f"{self.context_length} (and needs at least one token)"
+                )
+            if not all(isinstance(t, int) and 0 <= t < self.config.vocab_size for t in ids):
+                raise InvalidRequestError(
+                    f"token ids must be integers in [0, {self.config.vocab_size})"
+                )
+            tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+            with self.acceleration.prompt_threads():
+                hidden = self.model.hidden_states(tokens)[0].float()  # (T, D)
+            rows.append(torch.nn.functional.normalize(hidden.mean(0), dim=0))
+        return torch.stack(rows)
+
     # --- the step engine, for servers and batch runners ----------------------------------------
 
     def sequence(

@@ -263,6 +263,16 @@ class GemmaForCausalLM(nn.Module):
             cache.length += input_ids.shape[1]
         return self.head(x, logits_positions)
 
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, D) after the final norm of a whole sequence `input_ids`
+        (B, T), without the LM head (embeddings are pooled from these)."""
+        positions = token_positions(None, input_ids.shape, input_ids.device)
+        x = self.embed(input_ids)  # (B, T, D)
+        rope = self.rope(positions)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, rope, None, i)
+        return self.model.norm(x)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Scaled token embeddings (B, T, D) in the activation dtype."""
         x = self.model.embed_tokens(input_ids).to(self.activation_dtype)  # (B, T, D)
