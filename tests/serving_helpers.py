@@ -30,11 +30,19 @@ def lively_engine(tokenizer, seed: int = 0, **config) -> CodeGemma:
 
 
 @contextlib.contextmanager
-def running_server(lm, *, api_key=None, max_body_bytes=1 << 20, fim_mode="spm", **scheduler):
+def running_server(
+    lm, *, api_key=None, max_body_bytes=1 << 20, fim_mode="spm", cors_origins=(), **scheduler
+):
     """Serve `lm` on 127.0.0.1 at a free port; yields (base URL, scheduler); always shuts down."""
     scheduler.setdefault("threads", 1)  # tiny models; a busy machine stalls OpenMP teams
     jobs = Scheduler(lm, fim_mode=fim_mode, **scheduler).start()
-    app = create_app(jobs, model_info(lm, "tiny"), api_key=api_key, max_body_bytes=max_body_bytes)
+    app = create_app(
+        jobs,
+        model_info(lm, "tiny"),
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        cors_origins=cors_origins,
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ def post(url, path, body=None, **kwargs):
         ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "gpt-4"),
         ("/v1/completions", {"prompt": "x"}, 400, "model"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temper"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "'n'"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 17}, 400, "'n'"),
         ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, 400, "messages"),
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
         ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "x"}]}, 400, "content"),

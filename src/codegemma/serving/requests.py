@@ -2,12 +2,15 @@
 
 Adapters read a peer's JSON through `Fields`, which turns every wrong type or range into a
 `RequestError` naming the field, and build a `GenerationRequest`; the scheduler and the
-prompt builder never see a wire format.
+prompt builder never see a wire format. `Fields` also remembers which fields were read, so
+that a field nobody read (unknown, or one this server does not implement set to a value that
+would change the answer) is refused with a 400 naming it instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 
 from codegemma.fim import FimMode
@@ -73,6 +76,8 @@ class GenerationRequest:
     newline_deadline_ms: float = 0.0  # after a newline, stop once this long has passed (0: off)
     ignore_eos: bool = False  # generate through stop tokens (llama.cpp `ignore_eos`)
     truncate: bool = False  # cut a plain or chat prompt too long for the context (oldest first)
+    n: int = 1  # candidates (each its own sequence; identical at temperature 0)
+    logprobs: int | None = None  # None: off; k: each token's log-probability and k alternatives
 
 
 _MISSING = object()
@@ -86,8 +91,36 @@ class Fields:
             raise RequestError(f"{where} must be a JSON object")
         self.data = data
         self.where = where
+        self.read: set[str] = set()  # the fields an adapter has looked at
+
+    def accept(self, *names: str) -> None:
+        """Fields accepted as they are, with no effect here (documented per endpoint)."""
+        self.read.update(names)
+
+    def unsupported(self, neutral: dict[str, tuple]) -> None:
+        """Fields this server does not implement: absent, null or one of their `neutral`
+        values (which change nothing) is fine; any other value is refused, naming the field."""
+        for name, allowed in neutral.items():
+            self.read.add(name)
+            value = self.data.get(name)
+            if value is not None and not any(_same(value, ok) for ok in allowed):
+                raise RequestError(
+                    f"'{name}' is not supported by this server (only {_shown(allowed)})",
+                    param=name,
+                )
+
+    def check_known(self) -> None:
+        """Refuse the first field no adapter code read: nothing is silently ignored."""
+        for name in self.data:
+            if name not in self.read:
+                raise RequestError(
+                    f"unknown parameter '{name}' in {self.where}: not a field this server "
+                    "understands (see the README's list of fields per endpoint)",
+                    param=name,
+                )
 
     def _get(self, name: str, default: object) -> object:
+        self.read.add(name)
         value = self.data.get(name, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
@@ -191,6 +224,17 @@ class Fields:
         )
 
 
+def _same(value: object, neutral: object) -> bool:
+    """JSON equality: a boolean is never a number (JSON true is not 1)."""
+    if isinstance(value, bool) != isinstance(neutral, bool):
+        return False
+    return value == neutral
+
+
+def _shown(values: tuple) -> str:
+    return " or ".join(json.dumps(v) for v in values) if values else "absent or null"
+
+
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
         raise RequestError(f"'{name}' must be at least {low}, got {value}", param=name)
@@ -198,12 +242,17 @@ def _check_range(name: str, value: float, low: float | None, high: float | None)
         raise RequestError(f"'{name}' must be at most {high}, got {value}", param=name)
 
 
-def context_files(items: list, *, path_key: str, text_key: str) -> tuple[tuple[str, str], ...]:
-    """Repository context as (path, content) pairs from a list of JSON objects."""
+def context_files(
+    items: list, *, path_key: str, text_key: str, accepted: tuple[str, ...] = ()
+) -> tuple[tuple[str, str], ...]:
+    """Repository context as (path, content) pairs from a list of JSON objects (`accepted`:
+    other fields a client may send, with no effect)."""
     files = []
     for i, item in enumerate(items):
         fields = Fields(item, where=f"context file {i}")
         files.append((fields.text(path_key, "tmp"), fields.text(text_key)))
+        fields.accept(*accepted)
+        fields.check_known()
     return tuple(files)
 
 
