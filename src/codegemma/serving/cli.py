@@ -1,17 +1,28 @@
-"""`codegemma serve`: the completion server for editors."""
+"""`codegemma serve`: the completion server for editors.
+
+Every flag is checked before the model is loaded: a bad value ends the command with one line
+on stderr and exit code 2. The listening socket is bound first too, so a port in use is
+reported before loading.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
+import socket
 import sys
+import urllib.parse
+from pathlib import Path
+from typing import NoReturn
 
 from codegemma.fim import DEFAULT_FIM_MODE
 from codegemma.generation import PREFILL_CHUNK
 from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def register(commands) -> None:
@@ -22,18 +33,34 @@ def register(commands) -> None:
         "serve",
         help="serve editors over HTTP (llama.cpp, OpenAI and Ollama formats)",
         description="Serve code completion and chat to editors. Endpoints: llama.cpp "
-        "(/infill, /completion, /health), OpenAI (/v1/completions, /v1/chat/completions, "
-        "/v1/models) and Ollama (/api/generate, /api/chat, /api/tags).",
+        "(/infill, /completion, /props, /slots, /metrics, /tokenize, /embedding, /health), "
+        "OpenAI (/v1/completions, /v1/chat/completions, /v1/models, /v1/embeddings) and "
+        "Ollama (/api/generate, /api/chat, /api/embed, /api/tags, /api/ps, /api/show); a "
+        "playground at /.",
     )
+    serve.error = _one_line_error  # a bad flag: one line and exit code 2, not the usage
     model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080, help="TCP port (1-65535)")
     serve.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
         help=f"require this key as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})",
     )
-    serve.add_argument("--alias", default="codegemma", help="the model name clients use")
+    serve.add_argument(
+        "--api-key-file", type=Path, help="read the key from the first line of this file"
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=_origin,
+        help="let web pages of this origin (e.g. http://localhost:3000, or *) call the API; "
+        "repeatable",
+    )
+    serve.add_argument(
+        "--alias", type=_name, default="codegemma", help="the model name clients use"
+    )
     serve.add_argument(
         "--fim-mode",
         choices=("spm", "psm"),
@@ -46,31 +73,55 @@ def register(commands) -> None:
         action="store_true",
         help="use long FIM prefixes as sent, instead of starting them at a stable line",
     )
-    serve.add_argument("--cache-mib", type=int, default=1024, help="memory for kept KV caches")
+    serve.add_argument(
+        "--cache-mib", type=_count(0), default=1024, help="memory for kept KV caches"
+    )
     serve.add_argument(
         "--max-active",
-        type=int,
+        type=_count(1),
         default=DEFAULT_MAX_ACTIVE,
         help="requests in the running batch (each step decodes all of them in one pass)",
     )
     serve.add_argument(
-        "--prefill-chunk", type=int, default=PREFILL_CHUNK, help="prompt tokens per step"
+        "--prefill-chunk", type=_count(1), default=PREFILL_CHUNK, help="prompt tokens per step"
     )
-    serve.add_argument("--max-body-mib", type=float, default=8.0, help="largest request body")
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument(
+        "--max-body-mib", type=_positive_number, default=8.0, help="largest request body"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="warning",
+        help="info: one access line per request (method, path, status, tokens, ms)",
+    )
     serve.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        api_key = _api_key(args)
+        _check_threads(args.threads)
+        sock = _listen(args.host, args.port)
+    except ValueError as exc:
+        print(f"codegemma serve: error: {exc}", file=sys.stderr)
+        return 2
+    with sock:
+        return _serve(args, sock, api_key)
+
+
+def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -> int:
     import uvicorn
 
     from codegemma.cli import load_model
     from codegemma.serving.app import create_app, model_info
     from codegemma.serving.scheduler import Scheduler
 
-    if not _is_loopback(args.host) and not args.api_key:
+    _configure_logging(args.log_level)
+    if not _is_loopback(args.host) and not api_key:
         print(f"warning: serving {args.host} without --api-key", file=sys.stderr)
     lm = load_model(args)
+    info = model_info(lm, args.alias)
+    name = lm.name
     scheduler = Scheduler(
         lm,
         cache_bytes=args.cache_mib << 20,
@@ -78,20 +129,123 @@ def _run_serve(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         fim_mode=args.fim_mode,
         stable_prefix=not args.no_stable_prefix,
+        loader=lambda: load_model(args),  # after an unload (Ollama keep_alive 0)
     ).start()
+    del lm  # the scheduler owns it: an unload frees it
     app = create_app(
         scheduler,
-        model_info(lm, args.alias),
-        api_key=args.api_key,
+        info,
+        api_key=api_key,
         max_body_bytes=int(args.max_body_mib * (1 << 20)),
+        cors_origins=args.cors_origin,
     )
-    print(f"serving {lm.name} as '{args.alias}' on http://{args.host}:{args.port}", file=sys.stderr)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {name} as '{args.alias}' on http://{host}:{port}", file=sys.stderr)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         scheduler.close()
-        lm.close()
     return 0
+
+
+def _one_line_error(message: str) -> NoReturn:
+    print(f"codegemma serve: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _count(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _name(text: str) -> str:
+    if not text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"must be a name without spaces, got {text!r}")
+    return text
+
+
+def _origin(text: str) -> str:
+    """ "*" or scheme://host[:port], as browsers send it in `Origin`."""
+    if text == "*":
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise argparse.ArgumentTypeError(
+            f"an origin is * or scheme://host[:port] (e.g. http://localhost:3000), got {text!r}"
+        )
+    return text
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return args.api_key or None
+    if args.api_key and args.api_key != os.environ.get(API_KEY_ENV):
+        raise ValueError("give --api-key or --api-key-file, not both")
+    try:
+        lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--api-key-file: cannot read {args.api_key_file}: {exc}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"--api-key-file: {args.api_key_file} holds no key on its first line")
+    return key
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (ValueError saying why not)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host!r} is not an address of this machine: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    """Our loggers (the access log among them) print to stderr at `level`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("codegemma")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
 
 
 def _is_loopback(host: str) -> bool:
