@@ -82,9 +82,37 @@ def render_model_card(record: dict, recipe: dict) -> str:
         )
     else:
         lines.append("- HumanEval single-line infilling pass@1: not measured for this model.")
+    lines += _repo_completion_lines(record.get("repo_completion"))
     if record.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in record["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _repo_completion_lines(repo: dict | None) -> list[str]:
+    """The repo-completion scores (`codegemma eval --task repo-completion`), one per setting."""
+    if not repo:
+        return ["- Repository-level completion: not measured for this model."]
+    budget = repo["budget"]
+    lines = [
+        f"- Repository-level completion (`{repo['command']}`, {repo['date']}): {repo['tasks']} "
+        f"hidden lines from {', '.join(repo['data'])} (not in the training data), each using a",
+        f"  name defined in another file of its package; {budget['in_file']} tokens of the "
+        f"current file, {budget['context']} of other files; greedy.",
+    ]
+    for setting, row in repo["settings"].items():
+        line = (
+            f"  - {setting}: exact match {row['exact_match']:.2f}%, edit similarity "
+            f"{row['edit_similarity']:.2f}%, the needed name shown {row['shows_name']:.0f}%"
+        )
+        paired = repo["vs_none"].get(setting)
+        if paired:
+            low, high = paired["ci95"]
+            line += (
+                f"; {paired['edit_similarity']:+.2f} points of edit similarity over none "
+                f"(95% interval {low:+.2f} to {high:+.2f})"
+            )
+        lines.append(line)
+    return lines
 
 
 def write_model_card(directory: Path, recipe: dict) -> Path:
