@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from codegemma.cli import main
 
@@ -49,3 +50,14 @@ def test_complete_with_repo_context_reports_what_it_used(tmp_path, capsys, mqa_c
     assert record["usage"]["prompt_tokens"] > retrieval["tokens"]
     # The index was made on the way, and is kept for the next request.
     assert (tmp_path / ".codegemma" / "index" / "chunks.json").is_file()
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    (tmp_path / "utils.py").write_text(UTILS)
+    for module in ("bm25s", "tree_sitter_python"):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, module, None)  # import fails
+            assert main(["index", str(tmp_path), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"'{module}'" in err
+        assert "pip install 'codegemma[repo]'" in err
