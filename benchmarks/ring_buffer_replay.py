@@ -22,8 +22,9 @@ one thread):
   (last) first, in the order sent.
 - the others build the same prompt text on the client (token counts from `/tokenize`) and send
   it to `/completion`: `sent` (the server's rule, a check of the emulation), `newest-first`,
-  `checksum` (kept chunks sorted by a CRC of their text), `token-tail` (llama-server's rule:
-  the last tokens of all chunks joined, cut mid-chunk to fill the room exactly) and
+  `checksum` (kept chunks sorted by a CRC of their text), `token-tail` (the last tokens of all
+  chunks joined, cut mid-chunk to fill exactly the room the current file leaves; llama-server
+  also keeps the last tokens, but of a room fixed by n_ctx, n_batch and n_predict) and
   `sent-one-budget` (warming requests fitted as if they asked for the keystrokes'
   `n_predict`, so they fit the same chunks).
 
