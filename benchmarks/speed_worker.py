@@ -31,8 +31,7 @@ def token_ids(count: int, seed: int, vocab: int = 256000) -> list[int]:
 
 def run_codegemma(path: str, args) -> dict:
     import codegemma
-    from codegemma.generation import decode_tokens
-    from codegemma.sampling import SamplingParams
+    from codegemma.prompts import Prompt
 
     started = time.perf_counter()
     lm = codegemma.load(path, threads=args.threads)
@@ -46,23 +45,24 @@ def run_codegemma(path: str, args) -> dict:
     }
 
     def timed_steps(prompts: list[list[int]], steps: int) -> tuple[float, list[float]]:
-        """(seconds to the first token, seconds of each of the following `steps` tokens)."""
-        t0 = time.perf_counter()
-        stream = decode_tokens(
-            lm.model,
-            prompts,
-            capacity=len(prompts[0]) + steps + 1,
-            params=SamplingParams(),
-            vocab_limit=lm.tokenizer.vocab_size,
-            finished=set(),
-        )
+        """(seconds to the first token, seconds of each of the following `steps` steps), the
+        prompts computed first, then decoded together through the engine's step loop."""
+        engine = lm.batch(interleave=False)
+        sequences = [
+            lm.sequence(Prompt(ids, ()), max_new_tokens=steps + 1, ignore_eos=True)
+            for ids in prompts
+        ]
+        for sequence in sequences:
+            engine.add(sequence)
         times = []
         with torch.inference_mode():
-            next(stream)
+            t0 = time.perf_counter()
+            while any(s.generated == 0 for s in sequences):
+                engine.step()
             first = time.perf_counter() - t0
             for _ in range(steps):
                 t1 = time.perf_counter()
-                next(stream)
+                engine.step()
                 times.append(time.perf_counter() - t1)
         return first, times
 

@@ -8,7 +8,9 @@ import pytest
 from serving_helpers import SlowModel, lively_engine
 from tiny_models import tiny_config
 
+import codegemma
 from codegemma.engine import CodeGemma
+from codegemma.generation import BatchEngine
 from codegemma.sampling import SamplingParams
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.requests import ChatInput, FimInput, GenerationRequest, TextInput
@@ -18,6 +20,11 @@ from codegemma.serving.scheduler import Done, Failed, Piece, Scheduler
 @pytest.fixture(scope="module")
 def lm(tiny_tokenizer):
     return lively_engine(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def native_lm(trained_checkpoint):
+    return codegemma.load(trained_checkpoint, quantize="int8", kernels="native", threads=2)
 
 
 def scheduler_for(lm, **options):
@@ -57,7 +64,10 @@ def requests():
     return out
 
 
-def test_concurrent_requests_equal_requests_run_alone(lm):
+@pytest.mark.parametrize("engine", ["lm", "native_lm"])
+def test_concurrent_requests_equal_requests_run_alone(engine, request):
+    # plain PyTorch (float32) and the native kernels (int8, whole-stack decode step)
+    lm = request.getfixturevalue(engine)
     alone_scheduler = scheduler_for(lm, prefill_chunk=8)
     try:
         alone = [collect(alone_scheduler, r) for r in requests()]
@@ -222,3 +232,60 @@ def final_event(events):
         event = events.get(timeout=30)
         if not isinstance(event, Piece):
             return event
+
+
+def test_requests_decoding_together_share_each_forward_pass(native_lm, monkeypatch):
+    # continuous batching: with 4 requests decoding, a step is one pass over 4 rows, not 4
+    rows = []
+    decode = BatchEngine.decode
+
+    def counting(self, caches, tokens):
+        rows.append(len(caches))
+        return decode(self, caches, tokens)
+
+    monkeypatch.setattr(BatchEngine, "decode", counting)
+    scheduler = make_scheduler(native_lm, max_active=4)
+    events = [queue.Queue() for _ in range(4)]
+    for i, box in enumerate(events):  # queued before the worker starts: they run together
+        request = GenerationRequest(TextInput(f"x{i} = "), max_tokens=24, ignore_eos=True)
+        scheduler.submit(request, box.put)
+    scheduler.start()
+    try:
+        done = [final_event(box) for box in events]
+    finally:
+        scheduler.close()
+    assert [d.result.completion_tokens for d in done] == [24] * 4
+    passes = scheduler.engine.forward_passes
+    assert rows.count(4) >= 20  # nearly every decode pass carried all four sequences
+    assert len(rows) <= 24 + 3  # one pass per step, not one per sequence (4 x 23 = 92)
+    assert passes == len(rows) + 4  # plus each prompt's own pass
+    assert sum(rows) == 4 * 23  # every token but each first one came from a decode pass
+
+
+def test_a_prompt_delays_decoding_by_at_most_one_chunk(lm, monkeypatch):
+    # a long prompt arriving while another request decodes is cut into chunks, and a decode
+    # pass runs between any two of them
+    passes = []
+    forward = type(lm.model).forward
+
+    def recording(self, input_ids, **kw):
+        passes.append(input_ids.shape[1])
+        return forward(self, input_ids, **kw)
+
+    monkeypatch.setattr(type(lm.model), "forward", recording)
+    scheduler = make_scheduler(lm, prefill_chunk=16)
+    short, long_ = queue.Queue(), queue.Queue()
+    scheduler.submit(
+        GenerationRequest(TextInput("a = "), max_tokens=30, ignore_eos=True), short.put
+    )
+    text = "".join(f"value_{i} = {i} * {i}\n" for i in range(40))
+    scheduler.submit(GenerationRequest(TextInput(text), max_tokens=2, ignore_eos=True), long_.put)
+    scheduler.start()
+    try:
+        final_event(long_), final_event(short)
+    finally:
+        scheduler.close()
+    chunks = [i for i, t in enumerate(passes) if t > 1][1:]  # the long prompt's passes
+    assert len(chunks) > 5 and all(passes[i] <= 16 for i in chunks)
+    between = [passes[a + 1 : b] for a, b in zip(chunks, chunks[1:], strict=False)]
+    assert all(1 in gap for gap in between[:-1])  # the short request decoded in between

@@ -120,6 +120,11 @@ class CodeGemma:
         self._prompts = PromptBuilder(tokenizer, self.context_length)
 
     @property
+    def default_speculation(self) -> int:
+        """Drafted tokens checked per step when a call does not say (see speculation.py)."""
+        return 0
+
+    @property
     def prompts(self) -> PromptBuilder:
         """The one prompt builder (FIM, plain and chat prompts fitted to the context)."""
         if self._prompts.context_length != self.context_length:  # the config was replaced
@@ -165,6 +170,7 @@ class CodeGemma:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> Completion:
         """Fill in the code between `prefix` and `suffix`; returns only the middle text.
 
@@ -193,6 +199,7 @@ class CodeGemma:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> TextStream:
         """Like `complete`, yielding text pieces as they are decided."""
         _require_text(prefix=prefix, suffix=suffix)
@@ -210,7 +217,7 @@ class CodeGemma:
             )
         )
         sequence = self.sequence(
-            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop
+            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, speculate=speculate
         )
         return TextStream(self._events([sequence]))
 
@@ -228,6 +235,7 @@ class CodeGemma:
         stop: str | Sequence[str] | None = None,
         stop_tokens: Sequence[str] = ("<eos>",),
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> Completion | list[Completion]:
         """Continue `prompt` (BOS is added); a list of prompts runs as one batch, giving a list.
 
@@ -244,6 +252,7 @@ class CodeGemma:
                 max_new_tokens=max_new_tokens,
                 sampling=sampling,
                 stop=stop,
+                speculate=speculate,
             )
             for text in prompts
         ]
@@ -264,11 +273,14 @@ class CodeGemma:
         stop: str | Sequence[str] | None = None,
         stop_tokens: Sequence[str] = ("<eos>",),
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> TextStream:
         """Like `generate` for one prompt, yielding text pieces."""
         sampling = SamplingParams(temperature, top_k, top_p, seed)
         text = self._text_prompt(prompt, max_new_tokens, truncate, stop_tokens)
-        sequence = self.sequence(text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
+        sequence = self.sequence(
+            text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, speculate=speculate
+        )
         return TextStream(self._events([sequence]))
 
     # --- chat --------------------------------------------------------------------------------
@@ -284,6 +296,7 @@ class CodeGemma:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> Completion:
         """The next assistant reply in the Gemma turn format (instruction-tuned models).
 
@@ -305,6 +318,7 @@ class CodeGemma:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         truncate: bool = False,
+        speculate: int | None = None,
     ) -> TextStream:
         """Like `chat`, yielding text pieces."""
         sampling = SamplingParams(temperature, top_k, top_p, seed)
@@ -314,7 +328,7 @@ class CodeGemma:
             lambda: self.prompts.chat(messages, reserve=reserve, truncate=truncate)
         )
         sequence = self.sequence(
-            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop
+            prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, speculate=speculate
         )
         return TextStream(self._events([sequence]))
 
@@ -379,12 +393,15 @@ class CodeGemma:
         ignore_eos: bool = False,
         cache: KVCache | None = None,
         logprobs: int = 0,
+        speculate: int | None = None,
     ) -> GenSequence:
         """A sequence for `batch()`: generate after `prompt` until one of its stop tokens (all
         ignored with `ignore_eos`), a `stop` string, `max_new_tokens` (None: the end of the
         context; 0: only compute the prompt into the cache) or the end of the context.
         `cache` may hold a prefix of the prompt already (see `new_cache`); `logprobs`: record
-        that many alternatives for every generated token."""
+        that many alternatives for every generated token; `speculate`: check up to that many
+        tokens drafted from the text itself with each step (0: off; None: the engine's
+        default, `default_speculation`) — the output is the same either way."""
         room = self.context_length - len(prompt.ids)
         if room < 1:
             raise PromptTooLongError(_too_long(len(prompt.ids), self.context_length))
@@ -405,6 +422,7 @@ class CodeGemma:
             self.tokenizer,
             truncated_tokens=prompt.truncated_tokens,
             logprobs=logprobs,
+            speculate=self.default_speculation if speculate is None else _checked(speculate),
         )
 
     def new_cache(self, capacity: int, reuse: KVCache | None = None) -> KVCache:
@@ -473,6 +491,12 @@ class CodeGemma:
         ids = {self.tokenizer.token_id(t) for t in texts}
         ids.add(self.tokenizer.eos_id)
         return frozenset(i for i in ids if i is not None)
+
+
+def _checked(speculate: object) -> int:
+    if isinstance(speculate, bool) or not isinstance(speculate, int) or not 0 <= speculate <= 16:
+        raise InvalidRequestError(f"speculate must be an integer in [0, 16], got {speculate!r}")
+    return speculate
 
 
 def _drain(stream: TextStream) -> Completion:

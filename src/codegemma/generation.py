@@ -25,8 +25,9 @@ import torch
 
 from codegemma.detokenizer import StreamingDetokenizer
 from codegemma.kv_cache import KVCache
-from codegemma.model import GemmaForCausalLM, token_positions
+from codegemma.model import GemmaForCausalLM
 from codegemma.sampling import SamplingParams, next_token_probs
+from codegemma.speculation import NgramDrafter, accept_or_replace
 from codegemma.stop_strings import StopStringFilter
 from codegemma.tokenizer import Tokenizer
 
@@ -138,6 +139,7 @@ class GenSequence:
         *,
         truncated_tokens: int = 0,
         logprobs: int = 0,
+        speculate: int = 0,
     ) -> None:
         if not prompt:
             raise ValueError("a sequence needs a non-empty prompt")
@@ -151,6 +153,9 @@ class GenSequence:
         self.reused = cache.length  # prompt tokens whose keys and values were already cached
         self.truncated_tokens = truncated_tokens
         self.logprobs = logprobs
+        self.speculate = speculate  # tokens drafted from the text itself per step, at most
+        self.drafted = 0  # drafted tokens checked so far
+        self.accepted = 0  # of those, kept
         self.completion: Completion | None = None
         self._ids = list(prompt)  # the prompt, then each generated token once it is to be fed
         self._text = _Text(tokenizer, stops)
@@ -158,6 +163,7 @@ class GenSequence:
         self._generator = _generator(params)
         self._chunk_base = cache.length  # prompt chunks are cut from here, whatever the batch
         self._logprobs: list[TokenLogprob] = []
+        self._drafter: NgramDrafter | None = None
         self._started: float | None = None
         self._first_token: float | None = None
 
@@ -197,15 +203,36 @@ class GenSequence:
             self._text.finish_reason = "cancelled"
             self._finish()
 
-    def take(self, logits: torch.Tensor) -> str:
+    def draft(self) -> list[int]:
+        """Tokens that may follow the pending one, drafted from the text so far (see
+        speculation.py): at most `speculate`, within the token limit and the cache."""
+        if not self.speculate or len(self.pending) != 1:
+            return []
+        room = min(
+            self.speculate,
+            self._text.stops.max_new_tokens - self._text.generated - 1,
+            self.cache.capacity - self.cache.length - 1,
+        )
+        if room < 1:
+            return []
+        if self._drafter is None:
+            self._drafter = NgramDrafter(self._ids)
+        return self._drafter.draft(room)
+
+    def take(self, logits: torch.Tensor, drafted: int | None = None) -> tuple[str, bool]:
         """Pick the next token from this sequence's logits (V,) float32; return the text it
-        releases (the sequence may finish)."""
+        releases (the sequence may finish) and whether the token is `drafted`, the token the
+        text itself suggested (sampling keeps the distribution exact, see
+        speculation.accept_or_replace)."""
         self._first_token = self._first_token or time.perf_counter()
         if self._text.stops.max_new_tokens == 0:
             self._finish()
-            return ""
+            return "", False
         logits[self._vocab_limit :] = float("-inf")  # padded embedding rows are not tokens
-        token = self._pick(logits)
+        token, kept = self._pick(logits, drafted)
+        if drafted is not None:
+            self.drafted += 1
+            self.accepted += kept
         if self.logprobs:
             self._logprobs.append(_token_logprob(logits, token, self.logprobs))
         context_full = len(self._ids) + 1 > self.cache.capacity  # no slot left to feed it
@@ -214,13 +241,18 @@ class GenSequence:
             self._finish()
         else:
             self._ids.append(token)
-        return piece
+            if self._drafter is not None:
+                self._drafter.append(token)
+        return piece, kept
 
-    def _pick(self, logits: torch.Tensor) -> int:
+    def _pick(self, logits: torch.Tensor, drafted: int | None) -> tuple[int, bool]:
         if self.params.greedy:
-            return int(logits.argmax())
+            token = int(logits.argmax())
+            return token, token == drafted
         probs = next_token_probs(logits[None], self.params)[0]
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        if drafted is not None:
+            return accept_or_replace(probs, drafted, self._generator)
+        return int(torch.multinomial(probs, 1, generator=self._generator)), False
 
     def _start(self) -> None:
         self._started = self._started or time.perf_counter()
@@ -311,8 +343,7 @@ class BatchEngine:
         prefilling = [s for s in self.sequences if len(s.pending) > 1]
         events: list[tuple[GenSequence, str]] = []
         if ready and (self.interleave or not prefilling):
-            logits = self._decode(ready)  # (B, V)
-            events += [(s, s.take(row)) for s, row in zip(ready, logits, strict=True)]
+            events += self._decode(ready)
         spent = 0
         for sequence in prefilling:
             chunk = sequence.next_chunk(self.prefill_chunk)
@@ -321,7 +352,7 @@ class BatchEngine:
             spent += len(chunk)
             logits = self._prefill(sequence, chunk)
             if logits is not None:
-                events.append((sequence, sequence.take(logits)))
+                events.append((sequence, sequence.take(logits)[0]))
         self.sequences = [s for s in self.sequences if not s.finished]
         return events
 
@@ -330,27 +361,70 @@ class BatchEngine:
         while self.sequences:
             yield from self.step()
 
-    def _decode(self, sequences: list[GenSequence]) -> torch.Tensor:
-        return self.decode([s.cache for s in sequences], [s.pending[0] for s in sequences])
+    def _decode(self, sequences: list[GenSequence]) -> list[tuple[GenSequence, str]]:
+        """One forward pass over each sequence's pending token and the tokens drafted after
+        it; each sequence keeps the drafted tokens it would have produced itself, then one
+        more, and its cache drops the keys and values of the rest."""
+        drafts = [s.draft() for s in sequences]
+        rows = [(s.cache, [s.pending[0], *d]) for s, d in zip(sequences, drafts, strict=True)]
+        logits = self._rows(rows)  # (rows, V)
+        events, at = [], 0
+        for sequence, drafted in zip(sequences, drafts, strict=True):
+            start, pieces = sequence.cache.length, []
+            for j in range(len(drafted) + 1):
+                piece, kept = sequence.take(
+                    logits[at + j], drafted[j] if j < len(drafted) else None
+                )
+                pieces.append(piece)
+                if not kept or sequence.finished:
+                    break
+            sequence.cache.length = start + j + 1  # the rows whose tokens were right
+            at += len(drafted) + 1
+            events.append((sequence, "".join(pieces)))
+        return events
 
     def decode(self, caches: Sequence[KVCache], tokens: Sequence[int]) -> torch.Tensor:
         """One forward pass, token b after what caches[b] holds -> float32 logits (B, V):
         through the native whole-stack step where it serves, else the model's layers."""
         if len(caches) != len(tokens):
             raise ValueError(f"{len(tokens)} new tokens for {len(caches)} caches")
-        model = self.model
-        device = model.model.embed_tokens.weight.device
-        ids = torch.tensor([[t] for t in tokens], device=device)  # (B, 1)
-        self.forward_passes += 1
-        step = self.decode_step
-        if step is None or not step.serves(model, caches):
-            return model(ids, caches=caches)[:, -1].float()
-        slots = [c.length for c in caches]
-        cos, sin = model.rope(token_positions(caches, ids.shape, device))  # (B, 1, 1, hd)
-        x = step.run(model, model.embed(ids)[:, 0], (cos[:, 0, 0], sin[:, 0, 0]), caches, slots)
+        logits = self._rows([(cache, [token]) for cache, token in zip(caches, tokens, strict=True)])
         for cache in caches:
             cache.length += 1
+        return logits
+
+    def _rows(self, rows: list[tuple[KVCache, list[int]]]) -> torch.Tensor:
+        """One forward pass over (cache, tokens) rows: the tokens of a row follow what its
+        cache holds, their keys and values written there -> float32 logits (all tokens, V).
+        Cache lengths are left as they were (the caller sets them)."""
+        self.forward_passes += 1
+        model, step = self.model, self.decode_step
+        caches = [cache for cache, tokens in rows for _ in tokens]
+        if step is None or not step.serves(model, caches):
+            return self._rows_by_layers(rows)
+        device = model.model.embed_tokens.weight.device
+        slots = [cache.length + j for cache, tokens in rows for j in range(len(tokens))]
+        ids = torch.tensor([[t] for _, tokens in rows for t in tokens], device=device)  # (M, 1)
+        cos, sin = model.rope(torch.tensor(slots, device=device)[:, None])  # (M, 1, 1, hd)
+        x = step.run(model, model.embed(ids)[:, 0], (cos[:, 0, 0], sin[:, 0, 0]), caches, slots)
         return model.head(x[:, None])[:, -1].float()
+
+    def _rows_by_layers(self, rows: list[tuple[KVCache, list[int]]]) -> torch.Tensor:
+        """`_rows` through the model's layers: one forward per group of rows with as many
+        tokens (rows of one length share the pass)."""
+        model = self.model
+        device = model.model.embed_tokens.weight.device
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for width in sorted({len(tokens) for _, tokens in rows}):
+            group = [i for i, (_, tokens) in enumerate(rows) if len(tokens) == width]
+            caches = [rows[i][0] for i in group]
+            lengths = [cache.length for cache in caches]
+            ids = torch.tensor([rows[i][1] for i in group], device=device)  # (B, T)
+            logits = model(ids, caches=caches, logits_positions=slice(None)).float()  # (B,T,V)
+            for i, cache, length, row in zip(group, caches, lengths, logits, strict=True):
+                cache.length = length
+                out[i] = row
+        return torch.cat(out)
 
     def _prefill(self, sequence: GenSequence, chunk: list[int]) -> torch.Tensor | None:
         """A prompt chunk into the sequence's cache; the last chunk's logits (V,) float32."""

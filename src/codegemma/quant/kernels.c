@@ -21,6 +21,13 @@
 #define CG_AVX2 1
 #endif
 
+/* AVX2 without AVX-512: bfloat16 weights are widened by unpacking them against zeros (one
+ * instruction per 8 values), which interleaves the two 128-bit halves; x is permuted the same
+ * way once per call, so each product still pairs a weight with its own activation. */
+#if defined(CG_AVX2) && !defined(__AVX512F__)
+#define CG_BF16_UNPACK 1
+#endif
+
 /* CPUs with AVX512-BF16: bfloat16 weights meet activations rounded to bfloat16 in one
  * pairwise dot-product instruction (`vdpbf16ps`, float32 sums), for every batch size alike. */
 #if defined(CG_AVX2) && defined(__AVX512BF16__) && defined(__AVX512F__)
@@ -156,16 +163,19 @@ CG_INLINE void rows_bf16(const uint16_t *w, int64_t row_stride, const int R, con
     }
     for (int r = 0; r < R; r++)
         for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = _mm512_reduce_add_ps(acc[r][m]);
-#elif defined(CG_AVX2)
+#elif defined(CG_BF16_UNPACK)
+    /* x comes permuted in steps of 16 (see permute_for_unpack): one unpack of the weights
+     * against zeros widens 8 bfloat16 values to float32, in the order x was given */
     __m256 acc[4][CG_MAX_M];
+    const __m256i zero = _mm256_setzero_si256();
     for (int r = 0; r < R; r++)
         for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
     for (; i + 16 <= k; i += 16) {
         __m256 lo[4], hi[4];
         for (int r = 0; r < R; r++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + i));
-            lo[r] = bf16x8_to_f32(_mm256_castsi256_si128(raw));
-            hi[r] = bf16x8_to_f32(_mm256_extracti128_si256(raw, 1));
+            lo[r] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw));
+            hi[r] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw));
         }
         for (int m = 0; m < M; m++) {
             __m256 x0 = _mm256_loadu_ps(x + m * k + i), x1 = _mm256_loadu_ps(x + m * k + i + 8);
@@ -282,25 +292,79 @@ CG_INLINE void row_blocks(const int kind, block_row r, qx x, int64_t k, const in
 #endif
 }
 
-/* Quantize x (M, K) to int8 blocks of 32: d = max|x| / 127, q = round(x / d). */
-static void quantize_x(const float *x, int64_t M, int64_t k, int8_t *q, float *d) {
-    int64_t nb = k / CG_BLOCK;
+/* x (M, K) with each whole step of 16 values reordered as `_mm256_unpack{lo,hi}_epi16` lays
+ * out 16 bfloat16 weights: lanes 0-3, 8-11, then 4-7, 12-15. The last K % 16 stay in place. */
+static void permute_for_unpack(const float *x, int64_t M, int64_t k, float *out) {
+    static const int order[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
     for (int64_t m = 0; m < M; m++) {
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + m * k + b * CG_BLOCK;
-            float amax = 0.0f;
-            for (int j = 0; j < CG_BLOCK; j++) {
-                float a = xb[j] < 0 ? -xb[j] : xb[j];
-                amax = a > amax ? a : amax;
-            }
-            float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-            d[m * nb + b] = scale;
-            for (int j = 0; j < CG_BLOCK; j++) {
-                float v = xb[j] * inv;
-                q[m * k + b * CG_BLOCK + j] = (int8_t)(v < 0 ? (int)(v - 0.5f) : (int)(v + 0.5f));
-            }
-        }
+        const float *row = x + m * k;
+        float *o = out + m * k;
+        int64_t i = 0;
+        for (; i + 16 <= k; i += 16)
+            for (int j = 0; j < 16; j++) o[i + j] = row[i + order[j]];
+        for (; i < k; i++) o[i] = row[i];
     }
+}
+
+/* One block of 32: d = max|x| / 127, q = round(x / d) (half away from zero), and the sum of q.
+ * The vector form does each step in the same float32 operations as the scalar one. */
+static int32_t quantize_block(const float *xb, int8_t *q, float *d) {
+#ifdef CG_AVX2
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f);
+    __m256 v[4], top = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(xb + 8 * i);
+        top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 t = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_max_ss(t, _mm_movehdup_ps(t));
+    float amax = _mm_cvtss_f32(t);
+    *d = amax / 127.0f;
+    __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+    __m256i n[4];
+    for (int i = 0; i < 4; i++) {
+        __m256 scaled = _mm256_mul_ps(v[i], inv);
+        __m256 away = _mm256_or_ps(_mm256_and_ps(scaled, sign), half); /* +-0.5 */
+        n[i] = _mm256_cvttps_epi32(_mm256_add_ps(scaled, away));
+    }
+    __m256i words = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+    words = _mm256_permutevar8x32_epi32(words, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, words);
+    __m256i total = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    return _mm_cvtsi128_si32(s4);
+#else
+    float amax = 0.0f;
+    for (int j = 0; j < CG_BLOCK; j++) {
+        float a = xb[j] < 0 ? -xb[j] : xb[j];
+        amax = a > amax ? a : amax;
+    }
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    *d = amax / 127.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < CG_BLOCK; j++) {
+        float v = xb[j] * inv;
+        q[j] = (int8_t)(v < 0 ? (int)(v - 0.5f) : (int)(v + 0.5f));
+        sum += q[j];
+    }
+    return sum;
+#endif
+}
+
+/* Quantize x (M, K) to int8 blocks of 32 (q, block scales d); with `sums`, also each block's
+ * sum of q times `offset` (the correction for weights stored with that offset). */
+static void quantize_x(const float *x, int64_t M, int64_t k, int8_t *q, float *d, int32_t *sums,
+                       int32_t offset) {
+    int64_t nb = k / CG_BLOCK;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t at = m * k + b * CG_BLOCK;
+            int32_t sum = quantize_block(x + at, q + at, d + m * nb + b);
+            if (sums) sums[m * nb + b] = sum * offset;
+        }
 }
 
 /* Dequantize one row of blocks to float32 (used before a float32 GEMM for long inputs). */
@@ -594,8 +658,8 @@ static void matvec_tiles_task(void *p, int64_t begin, int64_t end) {
 
 /* y (M, N) = x (M, K) @ W^T (any M; see matvec_tiles_task past 8). Strides in bytes; returns
  * 0, or -1 on bad arguments. Block weights use x quantized to int8 blocks, bfloat16 weights on
- * CG_BF16_DOT CPUs x rounded to bfloat16: the caller gives M * (2K + K/32*4) bytes of
- * scratch. */
+ * CG_BF16_DOT CPUs x rounded to bfloat16, on CG_BF16_UNPACK CPUs x permuted: the caller gives
+ * M * (4K + K/32*4) bytes of scratch. */
 int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
               int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
               int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
@@ -607,7 +671,7 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
     if (kind != 16) {
         int8_t *q = (int8_t *)scratch;
         float *d = (float *)(q + M * K);
-        quantize_x(x, M, K, q, d);
+        quantize_x(x, M, K, q, d, NULL, 0);
         a.xq.q = q;
         a.xq.d = d;
     } else {
@@ -615,6 +679,10 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
         uint16_t *xb = (uint16_t *)scratch;
         for (int64_t i = 0; i < M * K; i++) xb[i] = f32_to_bf16(x[i]);
         a.xb = xb;
+#elif defined(CG_BF16_UNPACK)
+        float *permuted = (float *)scratch;
+        permute_for_unpack(x, M, K, permuted);
+        a.x = permuted;
 #endif
     }
     pool_run(pool, M > CG_MAX_M ? matvec_tiles_task : matvec_task, &a, N);
@@ -747,17 +815,6 @@ int cg_widen_bf16(cg_pool *pool, const void *values, int64_t value_row, float *o
 
 static inline int group_runs(int bits) { return bits == 8 ? 8 : 4; }
 
-/* Sum of each quantized activation block (for the offset correction), times `offset`. */
-static void block_sums(const int8_t *q, int64_t M, int64_t k, int32_t offset, int32_t *sums) {
-    int64_t nb = k / CG_BLOCK;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t b = 0; b < nb; b++) {
-            int32_t s = 0;
-            for (int j = 0; j < CG_BLOCK; j++) s += q[m * k + b * CG_BLOCK + j];
-            sums[m * nb + b] = s * offset;
-        }
-}
-
 typedef struct {
     int bits;
     const uint8_t *values;
@@ -770,6 +827,7 @@ typedef struct {
     int64_t M, N, K;
     void *out; /* dequantization target (N, K) */
     int out_bf16;
+    int halves; /* a prompt's GEMM (AVX2: half-groups over all blocks), else a decode step */
 } groups_args;
 
 #if defined(CG_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -1008,10 +1066,39 @@ CG_INLINE void half_block(const groups_args *a, const uint8_t *w, int64_t g, int
     }
 }
 
-/* y[m, 16g .. 16g+15] for groups [begin, end); M constant after inlining. Blocks outermost, so
- * a block's bytes are read from memory once and serve both halves and every row of x. */
+/* y[m, 16g + 8h .. 16g + 8h + 7] for rows m0 .. m0 + T - 1 of x: one half of a group over
+ * every block, the accumulators in registers throughout (the half's bytes stay in the cache
+ * for the next pass: the other half, the next rows of x). */
+CG_INLINE void half_rows(const groups_args *a, int64_t g, int h, int64_t m0, const int T,
+                         const int bits) {
+    const int64_t nb = a->K / CG_BLOCK, block_bytes = group_runs(bits) * 64;
+    const uint8_t *w = a->values + g * nb * block_bytes;
+    __m256 acc[4];
+    for (int m = 0; m < T; m++) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, w += block_bytes) half_block(a, w, g, b, h, m0, T, bits, acc);
+    for (int m = 0; m < T; m++)
+        _mm256_storeu_ps(a->y + (m0 + m) * a->N + g * CG_GROUP + 8 * h, acc[m]);
+}
+
+/* y[m, 16g .. 16g+15] for groups [begin, end); M constant after inlining. Prompts (`halves`)
+ * take one half-group at a time over every block (accumulators in registers: +45-50% on a
+ * GEMM); decode steps take blocks outermost, both halves and every row of x per block (the
+ * weights stream from memory once, in order: 25-40% faster for one to four rows). The
+ * arithmetic of every row is the same either way. */
 CG_INLINE void groups_rows(const groups_args *a, int64_t begin, int64_t end, const int M,
                            const int bits) {
+    if (a->halves) {
+        for (int64_t g = begin; g < end; g++)
+            for (int h = 0; h < 2; h++) {
+                if (M <= 4) {
+                    half_rows(a, g, h, 0, M, bits);
+                } else { /* rows of x 4 at a time: accumulators and weights fit the registers */
+                    half_rows(a, g, h, 0, 4, bits);
+                    half_rows(a, g, h, 4, M - 4, bits);
+                }
+            }
+        return;
+    }
     const int64_t nb = a->K / CG_BLOCK, block_bytes = group_runs(bits) * 64;
     for (int64_t g = begin; g < end; g++) {
         const uint8_t *w = a->values + g * nb * block_bytes;
@@ -1022,7 +1109,7 @@ CG_INLINE void groups_rows(const groups_args *a, int64_t begin, int64_t end, con
             for (int h = 0; h < 2; h++) {
                 if (M <= 4) {
                     half_block(a, w, g, b, h, 0, M, bits, acc[h]);
-                } else { /* rows of x 4 at a time: accumulators and weights fit the registers */
+                } else {
                     half_block(a, w, g, b, h, 0, 4, bits, acc[h]);
                     half_block(a, w, g, b, h, 4, M - 4, bits, acc[h] + 4);
                 }
@@ -1100,8 +1187,7 @@ int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *sc
     int8_t *q = (int8_t *)scratch;
     float *d = (float *)(q + M * K);
     int32_t *sums = (int32_t *)(d + M * nb);
-    quantize_x(x, M, K, q, d);
-    block_sums(q, M, K, bits == 8 ? 128 : 8, sums);
+    quantize_x(x, M, K, q, d, sums, bits == 8 ? 128 : 8);
     groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, q, d,
                      sums, y, M, N, K, NULL, 0};
     if (M > CG_MAX_M) pool_run(pool, gemm_groups_task, &a, N / CG_GROUP);
@@ -1128,8 +1214,8 @@ typedef struct {
 static void quantize_task(void *p, int64_t begin, int64_t end) {
     const quantize_args *a = (const quantize_args *)p;
     const int64_t nb = a->K / CG_BLOCK;
-    quantize_x(a->x + begin * a->K, end - begin, a->K, a->q + begin * a->K, a->d + begin * nb);
-    block_sums(a->q + begin * a->K, end - begin, a->K, a->offset, a->sums + begin * nb);
+    quantize_x(a->x + begin * a->K, end - begin, a->K, a->q + begin * a->K, a->d + begin * nb,
+               a->sums + begin * nb, a->offset);
 }
 
 /* x (M, K) float32 -> q (M, K) int8, d (M, K/32) block scales, sums (M, K/32) block sums
@@ -1166,7 +1252,7 @@ int cg_gemm_groups(cg_pool *pool, int bits, const void *values, const void *scal
     if (M < 1 || K % CG_BLOCK || N % CG_GROUP || y_stride < N || (bits != 8 && bits != 4))
         return -1;
     groups_args a = {bits, (const uint8_t *)values, (const uint8_t *)scales, scale_f32, q, d,
-                     sums, y, M, y_stride, K, NULL, 0};
+                     sums, y, M, y_stride, K, NULL, 0, 1};
     prompt_run(pool, gemm_groups_task, &a, N / CG_GROUP);
     return 0;
 }

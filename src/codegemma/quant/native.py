@@ -476,8 +476,9 @@ def shares_openmp_runtime(before: set[str], after: set[str]) -> bool:
 
 def _rows_scratch(M: int, K: int) -> int:
     """Scratch bytes of `cg_matvec` for x (M, K): an int8 copy of x plus one float scale per
-    block (for integer dot products), or a bfloat16 copy of x (for bfloat16 dot products)."""
-    return M * K * 2 + M * (K // BLOCK) * 4 + 64
+    block (for integer dot products), a bfloat16 copy of x (bfloat16 dot products) or a
+    permuted float32 copy (bfloat16 weights widened by unpacking, AVX2)."""
+    return M * K * 4 + M * (K // BLOCK) * 4 + 64
 
 
 def _groups_scratch(M: int, K: int) -> int:
