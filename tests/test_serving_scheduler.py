@@ -10,7 +10,7 @@ from tiny_models import tiny_config
 
 import codegemma
 from codegemma.engine import CodeGemma
-from codegemma.generation import BatchEngine
+from codegemma.quant.decode_step import DecodeStep
 from codegemma.sampling import SamplingParams
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.requests import ChatInput, FimInput, GenerationRequest, TextInput
@@ -237,13 +237,13 @@ def final_event(events):
 def test_requests_decoding_together_share_each_forward_pass(native_lm, monkeypatch):
     # continuous batching: with 4 requests decoding, a step is one pass over 4 rows, not 4
     rows = []
-    decode = BatchEngine.decode
+    run = DecodeStep.run
 
-    def counting(self, caches, tokens):
-        rows.append(len(caches))
-        return decode(self, caches, tokens)
+    def counting(self, model, x, *args):
+        rows.append(x.shape[0])  # the rows of one whole-stack decode pass
+        return run(self, model, x, *args)
 
-    monkeypatch.setattr(BatchEngine, "decode", counting)
+    monkeypatch.setattr(DecodeStep, "run", counting)
     scheduler = make_scheduler(native_lm, max_active=4)
     events = [queue.Queue() for _ in range(4)]
     for i, box in enumerate(events):  # queued before the worker starts: they run together
@@ -276,7 +276,7 @@ def test_a_prompt_delays_decoding_by_at_most_one_chunk(lm, monkeypatch):
     scheduler = make_scheduler(lm, prefill_chunk=16)
     short, long_ = queue.Queue(), queue.Queue()
     scheduler.submit(
-        GenerationRequest(TextInput("a = "), max_tokens=30, ignore_eos=True), short.put
+        GenerationRequest(TextInput("a = "), max_tokens=100, ignore_eos=True), short.put
     )
     text = "".join(f"value_{i} = {i} * {i}\n" for i in range(40))
     scheduler.submit(GenerationRequest(TextInput(text), max_tokens=2, ignore_eos=True), long_.put)
