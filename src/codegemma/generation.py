@@ -32,6 +32,10 @@ from codegemma.stop_strings import StopStringFilter
 from codegemma.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 256  # prompt tokens per forward pass (activation memory stays bounded)
+# Prompts with this many tokens left or fewer (a keystroke's new tokens after a cached prefix)
+# join the decode pass: their tokens are rows of the whole-stack decode step, which reads every
+# weight once for all the pass's rows.
+SHORT_PROMPT = 16
 
 
 @dataclasses.dataclass
@@ -336,11 +340,13 @@ class BatchEngine:
             self.sequences.remove(sequence)
 
     def step(self) -> list[tuple[GenSequence, str]]:
-        """One step: a forward pass over every sequence with one token to compute, then prompt
-        chunks. Returns (sequence, text released) for each sequence that picked a token;
-        finished sequences (`.completion` set) have left the batch."""
-        ready = [s for s in self.sequences if len(s.pending) == 1]
-        prefilling = [s for s in self.sequences if len(s.pending) > 1]
+        """One step: a forward pass over every sequence with a few tokens to compute (decoding
+        sequences, and prompts with at most `SHORT_PROMPT` tokens left: a keystroke's new
+        tokens), then chunks of longer prompts. Returns (sequence, text released) for each
+        sequence that picked a token; finished sequences (`.completion` set) have left the
+        batch."""
+        ready = [s for s in self.sequences if len(s.pending) <= SHORT_PROMPT]
+        prefilling = [s for s in self.sequences if len(s.pending) > SHORT_PROMPT]
         events: list[tuple[GenSequence, str]] = []
         if ready and (self.interleave or not prefilling):
             events += self._decode(ready)
@@ -362,15 +368,20 @@ class BatchEngine:
             yield from self.step()
 
     def _decode(self, sequences: list[GenSequence]) -> list[tuple[GenSequence, str]]:
-        """One forward pass over each sequence's pending token and the tokens drafted after
-        it; each sequence keeps the drafted tokens it would have produced itself, then one
-        more, and its cache drops the keys and values of the rest."""
-        drafts = [s.draft() for s in sequences]
-        rows = [(s.cache, [s.pending[0], *d]) for s, d in zip(sequences, drafts, strict=True)]
-        logits = self._rows(rows)  # (rows, V)
+        """One forward pass over each sequence's pending tokens (one while decoding, a few at
+        the end of a prompt) and the tokens drafted after a single pending one; each sequence
+        keeps the drafted tokens it would have produced itself, then one more, and its cache
+        drops the keys and values of the rest."""
+        rows = []
+        for s in sequences:
+            pending = s.pending
+            drafted = s.draft() if len(pending) == 1 else []
+            rows.append((s.cache, [*pending, *drafted], len(pending) - 1))
+        logits = self._rows(rows)  # (logits wanted, V)
         events, at = [], 0
-        for sequence, drafted in zip(sequences, drafts, strict=True):
-            start, pieces = sequence.cache.length, []
+        for sequence, (cache, tokens, last) in zip(sequences, rows, strict=True):
+            drafted = tokens[last + 1 :]
+            start, pieces = cache.length, []
             for j in range(len(drafted) + 1):
                 piece, kept = sequence.take(
                     logits[at + j], drafted[j] if j < len(drafted) else None
@@ -378,7 +389,7 @@ class BatchEngine:
                 pieces.append(piece)
                 if not kept or sequence.finished:
                     break
-            sequence.cache.length = start + j + 1  # the rows whose tokens were right
+            cache.length = start + last + 1 + j  # the pending tokens and the drafts kept
             at += len(drafted) + 1
             events.append((sequence, "".join(pieces)))
         return events
@@ -388,40 +399,47 @@ class BatchEngine:
         through the native whole-stack step where it serves, else the model's layers."""
         if len(caches) != len(tokens):
             raise ValueError(f"{len(tokens)} new tokens for {len(caches)} caches")
-        logits = self._rows([(cache, [token]) for cache, token in zip(caches, tokens, strict=True)])
+        rows = [(cache, [token], 0) for cache, token in zip(caches, tokens, strict=True)]
+        logits = self._rows(rows)
         for cache in caches:
             cache.length += 1
         return logits
 
-    def _rows(self, rows: list[tuple[KVCache, list[int]]]) -> torch.Tensor:
-        """One forward pass over (cache, tokens) rows: the tokens of a row follow what its
-        cache holds, their keys and values written there -> float32 logits (all tokens, V).
-        Cache lengths are left as they were (the caller sets them)."""
+    def _rows(self, rows: list[tuple[KVCache, list[int], int]]) -> torch.Tensor:
+        """One forward pass over (cache, tokens, first) rows: the tokens of a row follow what
+        its cache holds, their keys and values written there -> float32 logits (V,) of each
+        row's tokens from index `first` on, rows after rows. Cache lengths are left as they
+        were (the caller sets them)."""
         self.forward_passes += 1
         model, step = self.model, self.decode_step
-        caches = [cache for cache, tokens in rows for _ in tokens]
+        caches = [cache for cache, tokens, _ in rows for _ in tokens]
         if step is None or not step.serves(model, caches):
             return self._rows_by_layers(rows)
         device = model.model.embed_tokens.weight.device
-        slots = [cache.length + j for cache, tokens in rows for j in range(len(tokens))]
-        ids = torch.tensor([[t] for _, tokens in rows for t in tokens], device=device)  # (M, 1)
+        slots = [cache.length + j for cache, tokens, _ in rows for j in range(len(tokens))]
+        ids = torch.tensor([[t] for _, tokens, _ in rows for t in tokens], device=device)
         cos, sin = model.rope(torch.tensor(slots, device=device)[:, None])  # (M, 1, 1, hd)
         x = step.run(model, model.embed(ids)[:, 0], (cos[:, 0, 0], sin[:, 0, 0]), caches, slots)
-        return model.head(x[:, None])[:, -1].float()
+        wanted, at = [], 0
+        for _, tokens, first in rows:
+            wanted += range(at + first, at + len(tokens))
+            at += len(tokens)
+        return model.head(x[wanted][:, None])[:, -1].float()  # the head only where needed
 
-    def _rows_by_layers(self, rows: list[tuple[KVCache, list[int]]]) -> torch.Tensor:
+    def _rows_by_layers(self, rows: list[tuple[KVCache, list[int], int]]) -> torch.Tensor:
         """`_rows` through the model's layers: one forward per group of rows with as many
-        tokens (rows of one length share the pass)."""
+        tokens and logits from the same index (rows of one shape share the pass)."""
         model = self.model
         device = model.model.embed_tokens.weight.device
         out: list[torch.Tensor | None] = [None] * len(rows)
-        for width in sorted({len(tokens) for _, tokens in rows}):
-            group = [i for i, (_, tokens) in enumerate(rows) if len(tokens) == width]
+        for width, first in sorted({(len(tokens), first) for _, tokens, first in rows}):
+            group = [i for i, (_, t, f) in enumerate(rows) if (len(t), f) == (width, first)]
             caches = [rows[i][0] for i in group]
             lengths = [cache.length for cache in caches]
             ids = torch.tensor([rows[i][1] for i in group], device=device)  # (B, T)
-            logits = model(ids, caches=caches, logits_positions=slice(None)).float()  # (B,T,V)
-            for i, cache, length, row in zip(group, caches, lengths, logits, strict=True):
+            with self.prompt_threads() if width > 1 else contextlib.nullcontext():
+                logits = model(ids, caches=caches, logits_positions=slice(first, None))
+            for i, cache, length, row in zip(group, caches, lengths, logits.float(), strict=True):
                 cache.length = length
                 out[i] = row
         return torch.cat(out)

@@ -19,7 +19,8 @@ from typing import NoReturn
 
 from codegemma.fim import DEFAULT_FIM_MODE
 from codegemma.generation import PREFILL_CHUNK
-from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE
+from codegemma.model_args import load_model, model_options
+from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE, Scheduler
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -27,8 +28,6 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def register(commands) -> None:
     """Add the `serve` subcommand to the `codegemma` parser."""
-    from codegemma.cli import model_options
-
     serve = commands.add_parser(
         "serve",
         help="serve editors over HTTP (llama.cpp, OpenAI and Ollama formats)",
@@ -110,11 +109,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -> int:
-    import uvicorn
+    import uvicorn  # extra 'serve'
 
-    from codegemma.cli import load_model
-    from codegemma.serving.app import create_app, model_info
-    from codegemma.serving.scheduler import Scheduler
+    from codegemma.serving.app import create_app, model_info  # extra 'serve': fastapi
 
     _configure_logging(args.log_level)
     if not _is_loopback(args.host) and not api_key:
