@@ -411,6 +411,9 @@ async def _outcome(
                 return event
             results.append(event.result)
         return sorted(results, key=lambda r: r.index)
+    except asyncio.CancelledError:  # the server dropped the request (Ray Serve's proxy does
+        job.cancel()  # when the client leaves, instead of sending http.disconnect)
+        raise
     finally:
         gone.cancel()
 
