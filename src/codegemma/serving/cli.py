@@ -93,6 +93,18 @@ def register(commands) -> None:
         default="warning",
         help="info: one access line per request (method, path, status, tokens, ms)",
     )
+    serve.add_argument(
+        "--replicas",
+        type=_count(1),
+        help="run this many engine replicas on Ray Serve (extra 'cluster'), each editor kept on "
+        "the replica holding its cache; --threads is then per replica (default: cores/replicas)",
+    )
+    serve.add_argument(
+        "--ray-address",
+        type=_name,
+        help="join this Ray cluster (started with `ray start`; e.g. auto or HOST:6379) instead of "
+        "starting one here; implies --replicas 1 unless given",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -104,8 +116,40 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"codegemma serve: error: {exc}", file=sys.stderr)
         return 2
+    if args.replicas or args.ray_address:
+        sock.close()  # Serve's proxy binds it; checked free above
+        return _serve_cluster(args, api_key)
     with sock:
         return _serve(args, sock, api_key)
+
+
+def _serve_cluster(args: argparse.Namespace, api_key: str | None) -> int:
+    from codegemma.serving.cluster.launch import run
+    from codegemma.serving.cluster.options import ClusterOptions
+
+    if not _is_loopback(args.host) and not api_key:
+        print(f"warning: serving {args.host} without --api-key", file=sys.stderr)
+    replicas = args.replicas or 1
+    options = ClusterOptions(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=args.quantize,
+        kernels=args.kernels,
+        threads=args.threads or max(1, (os.cpu_count() or 1) // replicas),
+        replicas=replicas,
+        alias=args.alias,
+        fim_mode=args.fim_mode,
+        stable_prefix=not args.no_stable_prefix,
+        cache_mib=args.cache_mib,
+        max_active=args.max_active,
+        prefill_chunk=args.prefill_chunk,
+        api_key=api_key,
+        max_body_mib=args.max_body_mib,
+        cors_origins=tuple(args.cors_origin),
+        log_level=args.log_level,
+    )
+    return run(options, host=args.host, port=args.port, ray_address=args.ray_address)
 
 
 def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -> int:
