@@ -32,7 +32,7 @@ def tiny_trained_model(directory: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import tiny_config, train_tiny
 
-    from codegemma.loading import save_hf_checkpoint
+    from codegemma.checkpoint.hf_dir import save_hf_checkpoint
     from codegemma.random_model import random_model
     from codegemma.tokenizer import Tokenizer
     from codegemma.tokenizer_training import train_tokenizer

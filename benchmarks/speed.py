@@ -57,7 +57,7 @@ def run(cmd: list[str], **kw) -> str:
 def _current_quantized(directory: Path) -> bool:
     """Whether `directory` holds a quantized checkpoint in the layout `codegemma quantize`
     writes now (files of earlier versions load too, but regrouped at every start)."""
-    from codegemma.quant.checkpoint import LAYOUT
+    from codegemma.checkpoint.quantized import LAYOUT
 
     try:
         config = json.loads((directory / "config.json").read_text())

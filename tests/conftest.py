@@ -197,7 +197,7 @@ def trained_checkpoint(
     import torch
     from tiny_models import tiny_config, train_tiny
 
-    from codegemma.loading import save_hf_checkpoint
+    from codegemma.checkpoint.hf_dir import save_hf_checkpoint
     from codegemma.random_model import random_model
     from codegemma.tokenizer import Tokenizer
 

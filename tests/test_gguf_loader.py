@@ -16,14 +16,14 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from tiny_models import make_checkpoint
 
 from codegemma.checkpoint.assign import assign_weights
-from codegemma.checkpoint.hf_dir import load_hf_weights
+from codegemma.checkpoint.hf_dir import load_hf_weights, save_hf_checkpoint
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
 from codegemma.gguf import names
 from codegemma.gguf.loader import load_gguf
 from codegemma.gguf.reader import GGUFError
 from codegemma.gguf.tokenizer import vocabulary_from_proto
-from codegemma.loading import load_model_and_tokenizer, save_hf_checkpoint
+from codegemma.loading import load_model_and_tokenizer
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 from codegemma.random_model import random_model

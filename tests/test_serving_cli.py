@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from codegemma import cli
+from codegemma.serving import cli as serving_cli
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def no_loading(monkeypatch):
     def refuse(args):
         raise AssertionError("the model must not load when a flag is bad")
 
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr(serving_cli, "load_model", refuse)
     monkeypatch.delenv("CODEGEMMA_API_KEY", raising=False)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import codegemma
 from codegemma.cli import main
-from codegemma.training.lora import CONFIG_FILE, WEIGHTS_FILE
+from codegemma.lora import CONFIG_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import torch
 
 import codegemma
 from codegemma.errors import CheckpointError
-from codegemma.training.lora import (
+from codegemma.lora import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     LoraLinear,

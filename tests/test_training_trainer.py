@@ -7,7 +7,7 @@ import torch
 from tiny_models import tiny_config
 
 import codegemma
-from codegemma.loading import save_hf_checkpoint
+from codegemma.checkpoint.hf_dir import save_hf_checkpoint
 from codegemma.model import GemmaForCausalLM
 from codegemma.training.dataset import Document, pack_rows
 from codegemma.training.default_recipe import init_weights

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
+from codegemma.convert import TARGETS, convert_checkpoint, quantize_checkpoint
+from codegemma.cursor import read_source, split_at_cursor
+from codegemma.devices import DTYPES
 from codegemma.errors import CodeGemmaError, InvalidRequestError
+from codegemma.evaluation import cli as evaluation_cli
+from codegemma.gguf.writer import FILE_TYPES
+from codegemma.model_args import load_model, model_options
+from codegemma.random_model import make_demo_model
+from codegemma.retrieval import cli as retrieval_cli
+from codegemma.serving import cli as serving_cli
 from codegemma.tokenizer import TokenizerError
-
-MODEL_ENV = "CODEGEMMA_MODEL"
-
-# Modules that add subcommands: each defines `register(commands)`, taking argparse's
-# subparsers object; its parsers set `run=` to a function of the parsed args returning an
-# exit code. They are imported when the parser is built, not at package import.
-COMMAND_MODULES: tuple[str, ...] = (
-    "codegemma.evaluation.cli",
-    "codegemma.gguf.convert_cli",
-    "codegemma.retrieval.cli",
-    "codegemma.serving.cli",
-    "codegemma.training.cli",
-)
+from codegemma.training import cli as training_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,31 +91,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("out", type=Path, help="directory to create")
     demo.set_defaults(run=_run_make_demo)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(commands)
+    # The other commands: each `register(commands)` takes argparse's subparsers object; its
+    # parsers set `run=` to a function of the parsed args returning an exit code.
+    for register in (
+        evaluation_cli.register,
+        _register_convert,
+        retrieval_cli.register,
+        serving_cli.register,
+        training_cli.register,
+    ):
+        register(commands)
     return parser
 
 
-def model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=os.environ.get(MODEL_ENV),
-        help=f"model directory or Hugging Face id (default: ${MODEL_ENV}, else the shipped model)",
-    )
-    parser.add_argument("--dtype", help="bfloat16 (default) or float32")
-    parser.add_argument("--device", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--quantize",
-        choices=("int8", "int4"),
-        help="quantize weights at load (a `codegemma quantize` checkpoint needs no flag)",
+def _register_convert(commands) -> None:
+    """Add the `convert` subcommand."""
+    parser = commands.add_parser(
+        "convert",
+        help="convert a Hugging Face model directory to GGUF, a GGUF file to a directory, or a "
+        "keras-hub preset, Flax checkpoint or Jlama directory to either",
     )
     parser.add_argument(
-        "--kernels",
-        choices=("auto", "native", "torch"),
-        default="auto",
-        help="native C kernels (auto: where the CPU supports them) or plain PyTorch",
+        "source",
+        type=Path,
+        help="model directory (--to gguf), GGUF file (--to hf), or a keras-hub preset, Flax "
+        "checkpoint or Jlama directory (either)",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    parser.add_argument("dest", type=Path, help="GGUF file or directory to create")
+    parser.add_argument("--to", choices=TARGETS, required=True, help="output format")
+    parser.add_argument(
+        "--type", choices=tuple(FILE_TYPES), help="GGUF weight type (--to gguf; default f16)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        help="weight dtype (--to hf; default: the file's float type, bfloat16 if quantized)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing destination")
+    parser.set_defaults(run=_run_convert)
 
 
 def generation_options(parser: argparse.ArgumentParser, default_max: int = 128) -> None:
@@ -132,20 +140,6 @@ def generation_options(parser: argparse.ArgumentParser, default_max: int = 128) 
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--truncate", action="store_true", help="cut a too-long prompt to fit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def load_model(args):
-    from codegemma.engine import load
-
-    # No --model and no $CODEGEMMA_MODEL: the small model shipped inside the package.
-    return load(
-        args.model or None,
-        dtype=args.dtype,
-        device=args.device,
-        quantize=args.quantize,
-        kernels=args.kernels,
-        threads=args.threads,
-    )
 
 
 def _options(args) -> dict:
@@ -161,8 +155,6 @@ def _options(args) -> dict:
 
 
 def _run_complete(args) -> int:
-    from codegemma.cursor import read_source, split_at_cursor
-
     if args.file is not None:
         if not args.cursor:
             raise InvalidRequestError("--file needs --cursor LINE:COL")
@@ -176,9 +168,7 @@ def _run_complete(args) -> int:
     lm = load_model(args)
     retrieval = None
     if args.repo is not None:
-        from codegemma.retrieval.cli import repo_context
-
-        retrieval, repo_path = repo_context(
+        retrieval, repo_path = retrieval_cli.repo_context(
             lm, args.repo, prefix, suffix, args.file, args.repo_tokens
         )
         files += retrieval.files
@@ -231,16 +221,21 @@ def _run_chat(args) -> int:
 
 
 def _run_quantize(args) -> int:
-    from codegemma.quant.convert import quantize_checkpoint
-
     report = quantize_checkpoint(args.input, args.output, "int8" if args.bits == 8 else "int4")
     print(report)
     return 0
 
 
-def _run_make_demo(args) -> int:
-    from codegemma.random_model import make_demo_model
+def _run_convert(args) -> int:
+    lines = convert_checkpoint(
+        args.source, args.dest, args.to, file_type=args.type, dtype=args.dtype, force=args.force
+    )
+    for line in lines:
+        print(line)
+    return 0
 
+
+def _run_make_demo(args) -> int:
     directory = make_demo_model(args.out)
     print(f"wrote a tiny random-weight demo model to {directory} (its output is noise)")
     return 0

@@ -1,4 +1,4 @@
-"""Choosing the device and the weight dtype."""
+"""Choosing the device and the weight dtype; the one table of dtype names."""
 
 from __future__ import annotations
 
@@ -6,16 +6,20 @@ import torch
 
 from codegemma.errors import InvalidRequestError
 
-_DTYPE_NAMES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
+# The floating dtypes weights are stored in, by the names options and files use.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ALIASES = {
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "half": "float16",
 }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16', 'float32', ... as options and reports spell it."""
+    return str(dtype).removeprefix("torch.")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -36,9 +40,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None:
         return torch.bfloat16
     if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPE_NAMES:
+        name = _ALIASES.get(dtype.lower(), dtype.lower())
+        if name not in DTYPES:
             raise InvalidRequestError(f"unknown dtype {dtype!r}; use bfloat16 (default) or float32")
-        dtype = _DTYPE_NAMES[dtype.lower()]
+        dtype = DTYPES[name]
     if dtype not in (torch.bfloat16, torch.float32, torch.float16):
         raise InvalidRequestError(f"unsupported dtype {dtype}; use bfloat16 or float32")
     if dtype == torch.float16 and device.type == "cpu":

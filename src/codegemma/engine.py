@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from codegemma.acceleration import Acceleration, accelerate
+from codegemma.default_model import default_model_dir
 from codegemma.devices import resolve_device, resolve_dtype
 from codegemma.errors import InvalidRequestError, PromptTooLongError
 from codegemma.fim import ContextFile, FimMode
@@ -22,6 +23,7 @@ from codegemma.generation import (
 )
 from codegemma.kv_cache import KVCache
 from codegemma.loading import load_model_and_tokenizer
+from codegemma.lora import apply_adapter
 from codegemma.model import GemmaForCausalLM
 from codegemma.prompts import Prompt, PromptBuilder
 from codegemma.quant.apply import BITS, quantize_model, weight_bits
@@ -52,8 +54,6 @@ def load(
     "native" or "torch" (plain PyTorch, the reference path). `threads`: default all cores.
     """
     if model is None:
-        from codegemma.default_model import default_model_dir
-
         model = default_model_dir()
         # The default model is tiny and was trained and scored in float32: it keeps that
         # precision unless asked otherwise (bfloat16 would cost it accuracy and gain no speed).
@@ -62,8 +62,6 @@ def load(
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     net, tokenizer, path, notes = load_model_and_tokenizer(model, resolved_dtype, resolved_device)
     if adapter is not None:
-        from codegemma.training.lora import apply_adapter
-
         apply_adapter(net, adapter, merge=merge_adapter)
         how = "merged" if merge_adapter else "separate"
         notes.append(f"LoRA adapter {adapter} applied ({how})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,11 +9,12 @@ import torch
 from codegemma.checkpoint.assign import assign_weights
 from codegemma.checkpoint.hf_dir import load_hf_weights
 from codegemma.checkpoint.hub import resolve_model_dir
+from codegemma.checkpoint.quantized import group_blocks, quantization_mode
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
+from codegemma.gguf.loader import load_gguf
 from codegemma.model import GemmaForCausalLM
-from codegemma.quant.checkpoint import group_blocks, quantization_mode
-from codegemma.sources.detect import detect_source, load_source
+from codegemma.sources.detect import SOURCES, detect_format, load_source
 from codegemma.tokenizer import Tokenizer
 
 EMBEDDING = "model.embed_tokens.weight"
@@ -30,17 +30,16 @@ def load_model_and_tokenizer(
     """
     path = resolve_model_dir(reference)
     notes: list[str] = []
-    if path.is_file():
-        if not _is_gguf(path):
-            raise CheckpointError(
-                f"{path} is a file but not a GGUF model; give a GGUF file or a model directory "
-                "(with config.json, model.safetensors and tokenizer.model or tokenizer.json)"
-            )
-        from codegemma.gguf.loader import load_gguf
-
+    kind = detect_format(path)
+    if kind == "gguf":
         config, state, tokenizer, notes = load_gguf(path)
-    elif (source := detect_source(path)) is not None:
-        checkpoint = load_source(path, source)
+    elif path.is_file():
+        raise CheckpointError(
+            f"{path} is a file but not a GGUF model; give a GGUF file or a model directory "
+            "(with config.json, model.safetensors and tokenizer.model or tokenizer.json)"
+        )
+    elif kind in SOURCES:
+        checkpoint = load_source(path, kind)
         config, state, notes = checkpoint.config, checkpoint.state, checkpoint.notes
         tokenizer = Tokenizer.from_file(checkpoint.tokenizer_file)
     else:
@@ -58,11 +57,6 @@ def load_model_and_tokenizer(
     return model.eval(), tokenizer, path, notes
 
 
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
 def _vocab_from_embedding(
     config: GemmaConfig, state: dict[str, object], tokenizer: Tokenizer, directory: Path
 ) -> GemmaConfig:
@@ -77,14 +71,3 @@ def _vocab_from_embedding(
             f"{tokenizer.vocab_size} tokens: the tokenizer does not belong to these weights"
         )
     return config.replace(vocab_size=rows) if rows != config.vocab_size else config
-
-
-def save_hf_checkpoint(model: GemmaForCausalLM, directory: str | Path) -> None:
-    """Write `config.json` and `model.safetensors` in the Hugging Face layout."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters()}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})

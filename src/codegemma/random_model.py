@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from codegemma.checkpoint.hf_dir import save_hf_checkpoint
 from codegemma.config import GemmaConfig
-from codegemma.loading import save_hf_checkpoint
 from codegemma.model import GemmaForCausalLM
+from codegemma.tokenizer_training import train_tokenizer
 
 DEMO_CONFIG = GemmaConfig(
     vocab_size=1024,
@@ -61,8 +62,6 @@ def write_random_checkpoint(
 
 def make_demo_model(directory: str | Path, seed: int = 0) -> Path:
     """A tiny random model whose tokenizer is trained on this Python's standard library."""
-    from codegemma.tokenizer_training import train_tokenizer
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer_file = train_tokenizer(

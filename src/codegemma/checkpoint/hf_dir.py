@@ -1,4 +1,5 @@
-"""Weights of a Hugging Face model directory: one `model.safetensors` or indexed shards."""
+"""A Hugging Face model directory: its weights (one `model.safetensors` or indexed shards),
+read memory-mapped, and writing a model as one (the one writer every converter uses)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from codegemma.checkpoint.safetensors_file import load_mapped
 from codegemma.errors import CheckpointError
+from codegemma.model import GemmaForCausalLM
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -56,3 +59,12 @@ def _load_sharded(directory: Path) -> dict[str, torch.Tensor]:
         if name not in tensors:
             raise CheckpointError(f"tensor {name!r} listed in {INDEX_FILE} is not in shard {shard}")
     return tensors
+
+
+def save_hf_checkpoint(model: GemmaForCausalLM, directory: str | Path) -> None:
+    """Write `model`'s `config.json` and `model.safetensors` in the Hugging Face layout."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    save_file(tensors, str(directory / SINGLE_FILE), metadata={"format": "pt"})

@@ -10,8 +10,22 @@ import platform
 import sys
 from pathlib import Path
 
-from codegemma.cli import load_model, model_options
 from codegemma.errors import InvalidRequestError
+from codegemma.evaluation.datasets import (
+    DEFAULT_MAX_NEW_TOKENS,
+    HUMANEVAL_KINDS,
+    TASKS,
+    load_dataset,
+)
+from codegemma.evaluation.prompts import prompt_format
+from codegemma.evaluation.repo_data import DEFAULT_PACKAGES, PER_PACKAGE
+from codegemma.evaluation.repo_prompts import RepoBudget, RepoPrompter
+from codegemma.evaluation.repo_runner import LINE_STOP, evaluate_repo, model_text_completer
+from codegemma.evaluation.report import format_repo_report, format_report
+from codegemma.evaluation.runner import Decoding, evaluate, model_completer, oracle_completer
+from codegemma.evaluation.sandbox import Limits
+from codegemma.model_args import load_model, model_options
+from codegemma.retrieval.index import IndexSettings
 
 _EXAMPLES = """\
 examples:
@@ -24,8 +38,6 @@ examples:
 
 def register(commands) -> None:
     """Add the `eval` subcommand."""
-    from codegemma.evaluation.datasets import TASKS
-
     parser = commands.add_parser(
         "eval",
         help="measure pass@k on HumanEval, infilling or MBPP",
@@ -66,8 +78,6 @@ def register(commands) -> None:
 
 
 def _run_eval(args) -> int:
-    from codegemma.evaluation.datasets import HUMANEVAL_KINDS
-
     _check_args(args)
     if args.task == "repo-completion":
         return _evaluate_repo(args, load_model(args))
@@ -101,17 +111,6 @@ def _check_args(args) -> None:
 
 def _evaluate(args, task: str, out: Path, lm) -> int:
     """Run one benchmark and print its report; returns how many samples did not pass."""
-    from codegemma.evaluation.datasets import DEFAULT_MAX_NEW_TOKENS, load_dataset
-    from codegemma.evaluation.prompts import prompt_format
-    from codegemma.evaluation.report import format_report
-    from codegemma.evaluation.runner import (
-        Decoding,
-        evaluate,
-        model_completer,
-        oracle_completer,
-    )
-    from codegemma.evaluation.sandbox import Limits
-
     dataset = load_dataset(task, args.mbpp_file)
     fmt = prompt_format(task, args.fim_mode)
     seed = args.seed if args.seed is not None or args.temperature == 0 else 0
@@ -153,14 +152,6 @@ def _evaluate(args, task: str, out: Path, lm) -> int:
 def _evaluate_repo(args, lm) -> int:
     """Repo-completion in its three settings; prints the table. Exit code 0: scores are not
     pass/fail."""
-    from codegemma.evaluation.datasets import DEFAULT_MAX_NEW_TOKENS, load_dataset
-    from codegemma.evaluation.repo_data import DEFAULT_PACKAGES, PER_PACKAGE
-    from codegemma.evaluation.repo_prompts import RepoBudget, RepoPrompter
-    from codegemma.evaluation.repo_runner import LINE_STOP, evaluate_repo, model_text_completer
-    from codegemma.evaluation.report import format_repo_report
-    from codegemma.evaluation.runner import Decoding
-    from codegemma.retrieval.index import IndexSettings
-
     dataset = load_dataset(
         "repo-completion",
         packages=args.package or DEFAULT_PACKAGES,

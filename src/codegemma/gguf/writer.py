@@ -21,8 +21,9 @@ import torch
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from codegemma.checkpoint.assign import assign_weights
-from codegemma.checkpoint.hf_dir import load_hf_weights
+from codegemma.checkpoint.hf_dir import load_hf_weights, save_hf_checkpoint
 from codegemma.config import GemmaConfig
+from codegemma.devices import DTYPES, dtype_name
 from codegemma.errors import CheckpointError
 from codegemma.gguf import names
 from codegemma.gguf.dequant import dequantize
@@ -46,8 +47,6 @@ FILE_TYPES: dict[str, tuple[str, int]] = {
     "q8_0": ("Q8_0", 7),
     "q4_0": ("Q4_0", 2),
 }
-HF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_TORCH_TO_NAME = {v: k for k, v in HF_DTYPES.items()}
 _CHUNK_VALUES = 1 << 22  # values quantized or dequantized at a time
 
 
@@ -91,22 +90,20 @@ def write_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str | None = Non
     """Write a GGUF file as a Hugging Face directory (config.json, model.safetensors,
     tokenizer.model); returns notes on the tokenizer. `dtype` defaults to the file's float
     type, or bfloat16 for a quantized file."""
-    from codegemma.loading import save_hf_checkpoint
-
     file = read_gguf(gguf_path)
     config = config_from_metadata(file)
     proto, notes = proto_from_metadata(file.metadata, file.path)
     if len(proto.pieces) > config.vocab_size:
         raise CheckpointError(f"{file.path}: more tokens than token_embd.weight has rows")
     tensors, ignored = gemma_tensors(file)
-    target = HF_DTYPES[dtype] if dtype else _default_dtype(tensors.values())
+    target = DTYPES[dtype] if dtype else _default_dtype(tensors.values())
     state = {hf: _float_tensor(file, info, target) for hf, info in tensors.items()}
     with torch.device("meta"):
         model = GemmaForCausalLM(config)
     assign_weights(model, state, target, torch.device("cpu"))
     save_hf_checkpoint(model, out_dir)
     (Path(out_dir) / "tokenizer.model").write_bytes(proto.SerializeToString())
-    return ignored + notes + [f"weights written as {_TORCH_TO_NAME[target]}"]
+    return ignored + notes + [f"weights written as {dtype_name(target)}"]
 
 
 # ------------------------------------------------------------------------------ HF -> GGUF

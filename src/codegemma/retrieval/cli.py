@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from codegemma.errors import InvalidRequestError
+from codegemma.retrieval.context import ContextAssembler, ContextOptions, default_budget
+from codegemma.retrieval.index import RepoIndex, default_store
 
 _EXAMPLES = """\
 examples:
@@ -35,8 +37,6 @@ def register(commands) -> None:
 
 def open_index(root: Path, *, progress: bool = False):
     """The index of `root` kept in its store, brought up to date: (index, update report)."""
-    from codegemma.retrieval.index import RepoIndex, default_store  # numpy: only when used
-
     if not Path(root).is_dir():
         raise InvalidRequestError(f"{root} is not a directory")
     index = RepoIndex.open(root, store=default_store(root))
@@ -57,8 +57,6 @@ def _run_index(args) -> int:
 def repo_context(lm, root: Path, prefix: str, suffix: str, file: Path | None, budget: int | None):
     """Context for a completion at the cursor of `file` (None: text given on the command
     line): (RepoContext, the file's path relative to `root`, or None when outside it)."""
-    from codegemma.retrieval.context import ContextAssembler, ContextOptions, default_budget
-
     index, _ = open_index(root)
     path = None
     if file is not None and file.resolve().is_relative_to(Path(root).resolve()):

@@ -1,10 +1,12 @@
-"""Recognising a checkpoint of another system by what its directory holds, and loading it."""
+"""Recognising a checkpoint by what it holds (never by its name), and loading the checkpoints
+of other systems: the one place that sniffs formats."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from codegemma.errors import CheckpointError
+from codegemma.gguf.reader import is_gguf_file
 from codegemma.sources.base import SourceCheckpoint
 from codegemma.sources.flax_checkpoint import find_flax_checkpoint, load_flax_checkpoint
 from codegemma.sources.jlama import is_jlama_dir, load_jlama
@@ -16,6 +18,15 @@ SOURCES = {
     "flax": ("Flax (gemma library) checkpoint", load_flax_checkpoint),
     "jlama": ("Jlama model directory", load_jlama),
 }
+
+
+def detect_format(path: str | Path) -> str:
+    """'gguf' for a file that starts with the GGUF magic (an Ollama blob has no suffix), a
+    `detect_source` name for a directory of another system, else 'hf': a Hugging Face
+    directory, plain or written by `codegemma quantize` (reading it reports what is wrong)."""
+    if is_gguf_file(path):
+        return "gguf"
+    return detect_source(path) or "hf"
 
 
 def detect_source(path: str | Path) -> str | None:

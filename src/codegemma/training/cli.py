@@ -8,8 +8,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from codegemma.cli import load_model, model_options
+import torch
+
+from codegemma.checkpoint.hf_dir import save_hf_checkpoint
 from codegemma.errors import InvalidRequestError
+from codegemma.lora import add_lora, save_adapter
+from codegemma.model_args import load_model, model_options
+from codegemma.tokenizer import Tokenizer
+from codegemma.tokenizer_training import train_tokenizer
+from codegemma.training import default_recipe
+from codegemma.training.dataset import pack_rows, split_rows
+from codegemma.training.fim_transform import FimOptions
+from codegemma.training.repo_packing import repository_documents
+from codegemma.training.trainer import TrainConfig, make_trainable, train
 
 
 def register(commands) -> None:
@@ -86,8 +97,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args) -> None:
-    import torch
-
     if args.quantize:
         raise InvalidRequestError("training needs unquantized weights (drop --quantize)")
     # Training needs autograd: the engine's native inference kernels have none.
@@ -97,10 +106,6 @@ def _setup(args) -> None:
 
 
 def _rows(args, lm):
-    from codegemma.training.dataset import pack_rows, split_rows
-    from codegemma.training.fim_transform import FimOptions
-    from codegemma.training.repo_packing import repository_documents
-
     documents = [doc for repo in args.repo for doc in repository_documents(repo)]
     if not documents:
         raise InvalidRequestError("no source files found in the given repositories")
@@ -114,8 +119,6 @@ def _rows(args, lm):
 
 
 def _config(args, default_lr: float):
-    from codegemma.training.trainer import TrainConfig
-
     return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -137,9 +140,6 @@ def _log(line: str) -> None:
 
 
 def _run_train(args) -> int:
-    from codegemma.loading import save_hf_checkpoint
-    from codegemma.training.trainer import make_trainable, train
-
     _setup(args)
     lm = load_model(args)
     train_rows, held = _rows(args, lm)
@@ -155,9 +155,6 @@ def _run_train(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from codegemma.training.lora import add_lora, save_adapter
-    from codegemma.training.trainer import train
-
     _setup(args)
     lm = load_model(args)
     train_rows, held = _rows(args, lm)
@@ -194,10 +191,6 @@ def _summary(result) -> dict:
 
 
 def _run_train_tokenizer(args) -> int:
-    from codegemma.tokenizer import Tokenizer
-    from codegemma.tokenizer_training import train_tokenizer
-    from codegemma.training.repo_packing import repository_documents
-
     texts = [doc.text for repo in args.repo for doc in repository_documents(repo)]
     # A small repository may not hold vocab_size distinct pieces: take what it has.
     train_tokenizer(texts, args.out, args.vocab_size, hard_vocab_limit=False)
@@ -207,10 +200,6 @@ def _run_train_tokenizer(args) -> int:
 
 
 def _run_default_model(args) -> int:
-    import torch
-
-    from codegemma.training import default_recipe
-
     if args.threads:
         torch.set_num_threads(args.threads)
     max_seconds = args.max_minutes * 60 if args.max_minutes else None

@@ -25,13 +25,17 @@ from pathlib import Path
 
 import torch
 
+from codegemma.checkpoint.hf_dir import save_hf_checkpoint
 from codegemma.config import GemmaConfig
-from codegemma.loading import save_hf_checkpoint
+from codegemma.default_model import default_model_dir
+from codegemma.engine import load
 from codegemma.model import GemmaForCausalLM, RMSNorm
 from codegemma.tokenizer import Tokenizer
 from codegemma.tokenizer_training import train_tokenizer
 from codegemma.training.dataset import Document, pack_rows
 from codegemma.training.fim_transform import FimOptions
+from codegemma.training.humaneval_infill import humaneval_single_line
+from codegemma.training.line_infilling import line_tasks, score_line_tasks
 from codegemma.training.model_card import CARD, write_model_card
 from codegemma.training.repo_packing import order_files, repository_files
 from codegemma.training.trainer import TrainConfig, train
@@ -292,9 +296,6 @@ def evaluate_default_model(
     out: str | Path, count: int = 1000, *, log: Callable[[str], None] = print
 ) -> dict:
     """Held-out single-line exact match of `out/model`, added to its `training.json`."""
-    from codegemma.engine import load
-    from codegemma.training.line_infilling import line_tasks, score_line_tasks
-
     directory = Path(out) / "model"
     tasks = line_tasks(held_out_documents(stdlib_files()), count, seed=0)
     lm = load(directory, dtype="float32")
@@ -316,9 +317,6 @@ def evaluate_humaneval(
 ) -> dict:
     """HumanEval single-line infilling pass@1 of `out/model`, two ways (see humaneval_infill):
     "standard" stops only at CodeGemma's stop tokens; "first_line" also at the first newline."""
-    from codegemma.engine import load
-    from codegemma.training.humaneval_infill import humaneval_single_line
-
     directory = Path(out) / "model"
     lm = load(directory, dtype="float32")
     scores = {}
@@ -358,8 +356,6 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model", "training.
 
 def install(out: str | Path) -> Path:
     """Copy the finished model files of run `out` into the package's default model folder."""
-    from codegemma.default_model import default_model_dir
-
     target = default_model_dir()
     write_model_card(Path(out) / "model", recipe_settings())
     for name in MODEL_FILES:

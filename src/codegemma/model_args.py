@@ -1,0 +1,49 @@
+"""The options every command that runs a model shares (--model, --dtype, --quantize, ...), and
+loading the engine they describe: below the commands that use them, so that none imports the
+`codegemma` command itself."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from codegemma.acceleration import KERNEL_CHOICES
+from codegemma.engine import CodeGemma, load
+
+MODEL_ENV = "CODEGEMMA_MODEL"
+
+
+def model_options(parser: argparse.ArgumentParser) -> None:
+    """Add --model, --dtype, --device, --quantize, --kernels and --threads to `parser`."""
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"model directory or Hugging Face id (default: ${MODEL_ENV}, else the shipped model)",
+    )
+    parser.add_argument("--dtype", help="bfloat16 (default) or float32")
+    parser.add_argument("--device", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="quantize weights at load (a `codegemma quantize` checkpoint needs no flag)",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        default="auto",
+        help="native C kernels (auto: where the CPU supports them) or plain PyTorch",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def load_model(args: argparse.Namespace) -> CodeGemma:
+    """The engine `model_options` describe; no --model and no $CODEGEMMA_MODEL: the small
+    model shipped inside the package."""
+    return load(
+        args.model or None,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=args.quantize,
+        kernels=args.kernels,
+        threads=args.threads,
+    )
