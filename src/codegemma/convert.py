@@ -33,6 +33,7 @@ from codegemma.loading import load_model_and_tokenizer
 from codegemma.model import Embedding, GemmaForCausalLM
 from codegemma.quant.apply import BITS, quantizable, quantize_model
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
+from codegemma.quant.formats import is_quantized
 from codegemma.sources.base import SourceCheckpoint, float_dtype
 from codegemma.sources.detect import SOURCES, detect_format, load_source
 
@@ -110,8 +111,7 @@ def write_gguf_from_source(source: str | Path, out_path: str | Path, out_type: s
 
 def _write_hf(checkpoint: SourceCheckpoint, out_dir: Path, dtype: torch.dtype) -> None:
     state = {
-        name: w.dequantize(dtype) if isinstance(w, (Int8Blocks, Int4Blocks)) else w
-        for name, w in checkpoint.state.items()
+        name: w.dequantize(dtype) if is_quantized(w) else w for name, w in checkpoint.state.items()
     }
     with torch.device("meta"):
         model = GemmaForCausalLM(checkpoint.config)
@@ -156,7 +156,7 @@ def _check_block_bits(model, mode: str, path: Path) -> None:
         weight = module.weight
         if not isinstance(weight, (Int8Blocks, Int4Blocks)):
             continue
-        have = 8 if isinstance(weight, Int8Blocks) else 4
+        have = weight.bits
         wanted = 8 if isinstance(module, Embedding) else BITS[mode]
         if have != wanted:
             raise CheckpointError(

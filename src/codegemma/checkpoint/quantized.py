@@ -39,6 +39,7 @@ from codegemma.errors import CheckpointError
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.apply import prepare_for_kernels, quantizable
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
+from codegemma.quant.formats import BlockWeight, Weight, is_quantized
 from codegemma.quant.mapped_pages import drop_cached
 from codegemma.quant.row_groups import RowGroups
 
@@ -79,18 +80,14 @@ def save_quantized(
             shutil.copyfile(content, out_dir / name)
 
 
-def _stored(name: str, weight: object) -> dict[str, torch.Tensor]:
+def _stored(name: str, weight: Weight) -> dict[str, torch.Tensor]:
     """The tensors that store one quantized weight."""
-    if isinstance(weight, RowGroups):
-        scales = weight.scales.to(torch.float16)
-        return {f"{name}.groups": weight.values, f"{name}.scales": scales.contiguous()}
-    if isinstance(weight, Int8Blocks):
-        values = {f"{name}.qs": weight.qs.reshape(weight.shape).contiguous()}
-    elif isinstance(weight, Int4Blocks):
-        values = {f"{name}.q4": weight.packed.reshape(weight.shape[0], -1).contiguous()}
-    else:
+    if not is_quantized(weight):
         raise CheckpointError(f"{name} is not quantized; quantize the model first")
-    return values | {f"{name}.scales": weight.scales.to(torch.float16).contiguous()}
+    return {
+        f"{name}.{weight.STORED_AS}": weight.stored_values(),
+        f"{name}.scales": weight.scales.to(torch.float16).contiguous(),
+    }
 
 
 def quantization_mode(config_path: Path) -> str | None:
@@ -131,15 +128,10 @@ def group_blocks(state: dict[str, torch.Tensor]) -> dict[str, object]:
     return grouped
 
 
-_VALUE_PARTS = ("groups", "qs", "q4")
+# The formats by the name of their values tensor ("W.groups", "W.qs", "W.q4").
+_FORMATS = {f.STORED_AS: f for f in (RowGroups, Int8Blocks, Int4Blocks)}
+_VALUE_PARTS = tuple(_FORMATS)
 
 
-def _block_weight(part: str, values: torch.Tensor, scales: torch.Tensor):
-    if part == "qs":
-        return Int8Blocks(values, scales)
-    if part == "q4":
-        return Int4Blocks(values, scales)
-    if values.dim() != 5 or values.shape[2] not in (8, 4):
-        shape = list(values.shape)
-        raise ValueError(f"row groups must be (groups, blocks, 8 or 4, 16, 4), got {shape}")
-    return RowGroups(8 if values.shape[2] == 8 else 4, values, scales)
+def _block_weight(part: str, values: torch.Tensor, scales: torch.Tensor) -> BlockWeight:
+    return _FORMATS[part].from_stored(values, scales)

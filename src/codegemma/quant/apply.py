@@ -7,6 +7,7 @@ from torch import nn
 
 from codegemma.model import Embedding, GemmaForCausalLM, Linear
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
+from codegemma.quant.formats import format_name
 from codegemma.quant.mapped_pages import FileMappings
 from codegemma.quant.row_groups import RowGroups, can_group, regroup
 
@@ -107,17 +108,5 @@ def attach_backend(model: GemmaForCausalLM, backend) -> None:
 
 def weight_bits(model: GemmaForCausalLM) -> str:
     """'int8', 'int4', 'mixed' or the weights' dtype name of the linear layers, for reports."""
-    kinds = set()
-    for _, module in quantizable(model):
-        if isinstance(module, Embedding):
-            continue
-        weight = module.weight
-        if isinstance(weight, RowGroups):
-            kinds.add(f"int{weight.bits}")
-        elif isinstance(weight, Int8Blocks):
-            kinds.add("int8")
-        elif isinstance(weight, Int4Blocks):
-            kinds.add("int4")
-        else:
-            kinds.add(str(weight.dtype).removeprefix("torch."))
+    kinds = {format_name(m.weight) for _, m in quantizable(model) if not isinstance(m, Embedding)}
     return kinds.pop() if len(kinds) == 1 else "mixed"

@@ -11,23 +11,13 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
+from codegemma.quant.blocks import BLOCK
 from codegemma.quant.decode_step import DecodeStep
+from codegemma.quant.formats import Weight, row_slice
 from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import GROUP, RowGroups
 
-Weight = torch.Tensor | Int8Blocks | Int4Blocks | RowGroups
 _SCRATCH_FLOATS = 2 * 1024 * 1024  # 8 MB of float32 for one widened slice of a weight
-
-
-def _row_slice(weight: Weight, start: int, end: int) -> Weight:
-    if isinstance(weight, torch.Tensor):
-        return weight[start:end]
-    if isinstance(weight, RowGroups):
-        return weight.take_groups(start // GROUP, -(-end // GROUP))
-    if isinstance(weight, Int8Blocks):
-        return Int8Blocks(weight.qs[start:end], weight.scales[start:end])
-    return Int4Blocks(weight.packed[start:end], weight.scales[start:end])
 
 
 class NativeBackend:
@@ -128,8 +118,8 @@ class NativeBackend:
         (rows of x, stop - start) float32 in the reused scratch memory."""
         rows = stop - start
         both = self._buffer((x.values.shape[0], 2 * rows), torch.float32)  # gate | up
-        self.kernels.gemm_groups(x, _row_slice(gate, start, stop), both[:, :rows])
-        self.kernels.gemm_groups(x, _row_slice(up, start, stop), both[:, rows:])
+        self.kernels.gemm_groups(x, row_slice(gate, start, stop), both[:, :rows])
+        self.kernels.gemm_groups(x, row_slice(up, start, stop), both[:, rows:])
         activated = torch.ops.aten.gelu_(both[:, :rows], approximate="tanh")
         return activated.mul_(both[:, rows:])
 
@@ -144,8 +134,8 @@ class NativeBackend:
         for start, stop in self._slices(gate):
             rows = stop - start
             both = self._buffer((2 * rows, x.shape[-1]), torch.bfloat16)  # gate rows, up rows
-            self.kernels.dequantize(_row_slice(gate, start, stop), both[:rows])
-            self.kernels.dequantize(_row_slice(up, start, stop), both[rows:])
+            self.kernels.dequantize(row_slice(gate, start, stop), both[:rows])
+            self.kernels.dequantize(row_slice(up, start, stop), both[rows:])
             product = per_sequence_linear(x, both)  # (B, T, 2 rows) bfloat16
             activated = torch.ops.aten.gelu_(product[..., :rows].float(), approximate="tanh")
             hidden[..., start:stop] = activated.mul_(product[..., rows:])
@@ -167,7 +157,7 @@ class NativeBackend:
 
     def _slice_product(self, x: torch.Tensor, weight: Weight, start: int, stop: int):
         """x @ weight[start:stop]^T through a widened copy of those rows (x's dtype)."""
-        piece = _row_slice(weight, start, stop)
+        piece = row_slice(weight, start, stop)
         widened = self.kernels.dequantize(piece, self._buffer(piece.shape, x.dtype))
         return per_sequence_linear(x, widened)
 

@@ -12,6 +12,7 @@ tensor may be 2-D (out, in) or, for files that interleave each block's scale wit
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -25,6 +26,8 @@ class Int8Blocks:
 
     qs: torch.Tensor  # int8 (out, in) or a (out, in // 32, 32) view
     scales: torch.Tensor  # float16 / float32 (out, in // 32)
+    bits: ClassVar[int] = 8
+    STORED_AS: ClassVar[str] = "qs"  # int8 [out, in] in a quantized checkpoint
 
     def __post_init__(self) -> None:
         _check(self.qs.dtype == torch.int8, "Int8Blocks.qs must be int8")
@@ -51,6 +54,17 @@ class Int8Blocks:
         """Float32 values of the given rows (an embedding lookup)."""
         return Int8Blocks(self.qs[rows], self.scales[rows]).dequantize()
 
+    def row_slice(self, start: int, stop: int) -> Int8Blocks:
+        """Rows [start, stop) as a view."""
+        return Int8Blocks(self.qs[start:stop], self.scales[start:stop])
+
+    def stored_values(self) -> torch.Tensor:
+        return self.qs.reshape(self.shape).contiguous()
+
+    @classmethod
+    def from_stored(cls, values: torch.Tensor, scales: torch.Tensor) -> Int8Blocks:
+        return cls(values, scales)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight (out, in) in `dtype`, computed in float32."""
         out, inp = self.shape
@@ -64,6 +78,8 @@ class Int4Blocks:
 
     packed: torch.Tensor  # uint8 (out, in // 2) or a (out, in // 32, 16) view; see above
     scales: torch.Tensor  # float16 / float32 (out, in // 32)
+    bits: ClassVar[int] = 4
+    STORED_AS: ClassVar[str] = "q4"  # uint8 [out, in / 2] in a quantized checkpoint
 
     def __post_init__(self) -> None:
         _check(self.packed.dtype == torch.uint8, "Int4Blocks.packed must be uint8")
@@ -89,6 +105,17 @@ class Int4Blocks:
     def take_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 values of the given rows (an embedding lookup)."""
         return Int4Blocks(self.packed[rows], self.scales[rows]).dequantize()
+
+    def row_slice(self, start: int, stop: int) -> Int4Blocks:
+        """Rows [start, stop) as a view."""
+        return Int4Blocks(self.packed[start:stop], self.scales[start:stop])
+
+    def stored_values(self) -> torch.Tensor:
+        return self.packed.reshape(self.shape[0], -1).contiguous()
+
+    @classmethod
+    def from_stored(cls, values: torch.Tensor, scales: torch.Tensor) -> Int4Blocks:
+        return cls(values, scales)
 
     def nibbles(self) -> torch.Tensor:
         """The unsigned 4-bit values (out, in) as uint8, in element order."""

@@ -15,6 +15,7 @@ slice as they are regrouped, so peak memory stays near one copy of the weights.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -33,6 +34,7 @@ class RowGroups:
     bits: int  # 8 or 4
     values: torch.Tensor  # uint8 (out / 16, in / 32, runs, 16, 4); runs = 8 (int8) or 4 (int4)
     scales: torch.Tensor  # float16 / float32 (out / 16, in / 32, 16)
+    STORED_AS: ClassVar[str] = "groups"  # `values` as they are, in a quantized checkpoint
 
     def __post_init__(self) -> None:
         _check(self.bits in (8, 4), "RowGroups.bits must be 8 or 4")
@@ -63,6 +65,21 @@ class RowGroups:
     def take_groups(self, start: int, end: int) -> RowGroups:
         """Rows [16 * start, 16 * end) as a RowGroups view."""
         return RowGroups(self.bits, self.values[start:end], self.scales[start:end])
+
+    def row_slice(self, start: int, stop: int) -> RowGroups:
+        """The groups that hold rows [start, stop) (whole groups: bounds are multiples of 16
+        where callers slice)."""
+        return self.take_groups(start // GROUP, -(-stop // GROUP))
+
+    def stored_values(self) -> torch.Tensor:
+        return self.values
+
+    @classmethod
+    def from_stored(cls, values: torch.Tensor, scales: torch.Tensor) -> RowGroups:
+        if values.dim() != 5 or values.shape[2] not in (8, 4):
+            shape = list(values.shape)
+            raise ValueError(f"row groups must be (groups, blocks, 8 or 4, 16, 4), got {shape}")
+        return cls(8 if values.shape[2] == 8 else 4, values, scales)
 
     def to_blocks(self, rows: torch.Tensor | None = None) -> Int8Blocks | Int4Blocks:
         """The given rows (default all) back in the row-major block layout."""
@@ -101,7 +118,7 @@ def regroup(
     `kernels` (the native kernels' `group_rows`), the bytes move on every thread in C (an int8
     2B model: 0.62 s against 1.67 s for PyTorch's strided copy); the bytes are the same."""
     _check(can_group(weight), f"cannot regroup a weight of shape {list(weight.shape)}")
-    bits = 8 if isinstance(weight, Int8Blocks) else 4
+    bits = weight.bits
     out, inp = weight.shape
     nb, runs = inp // BLOCK, _runs(bits)
     values = huge_page_empty((out // GROUP, nb, runs, GROUP, RUN_BYTES), torch.uint8)

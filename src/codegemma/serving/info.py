@@ -12,6 +12,7 @@ from codegemma.config import GemmaConfig
 from codegemma.engine import CodeGemma
 from codegemma.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from codegemma.quant.apply import quantizable
+from codegemma.quant.formats import is_quantized
 from codegemma.serving.adapters import ModelInfo
 
 _BLOCK = 8 << 20  # bytes hashed at a time
@@ -55,7 +56,7 @@ def weight_bytes(lm: CodeGemma) -> int:
     total = sum(t.numel() * t.element_size() for t in tensors)
     for _, module in quantizable(lm.model):
         weight = module.weight
-        if not isinstance(weight, torch.Tensor):  # a quantized weight (not a Parameter)
+        if is_quantized(weight):  # not a Parameter
             total += weight.nbytes
     return total
 
