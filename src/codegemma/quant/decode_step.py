@@ -8,75 +8,50 @@ the same projections, so its logits match the PyTorch path to float32 rounding.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from codegemma.model import Linear, RMSNorm
+from codegemma.quant.bindings import kernel_header
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 from codegemma.quant.native import NativeKernels, weight_layout
 from codegemma.quant.row_groups import RowGroups
 
-_GROUPS_KIND = 100  # kind 100 + bits: row groups (decode_step.c)
 _PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-class _Weight(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_int64),
-        ("values", ctypes.c_void_p),
-        ("scales", ctypes.c_void_p),
-        ("value_row", ctypes.c_int64),
-        ("value_block", ctypes.c_int64),
-        ("scale_row", ctypes.c_int64),
-        ("scale_block", ctypes.c_int64),
-        ("scale_f32", ctypes.c_int64),
-        ("rows", ctypes.c_int64),
-        ("cols", ctypes.c_int64),
-    ]
+def _struct(name: str):
+    """A structure of csrc/cg_kernels.h as ctypes declares it."""
+    return kernel_header().structs[name]
 
 
-class _Layer(ctypes.Structure):
-    _fields_ = [("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p)] + [
-        (name, _Weight) for name in _PROJECTIONS
-    ]
-
-
-class _Dims(ctypes.Structure):
-    _fields_ = [
-        ("hidden", ctypes.c_int64),
-        ("heads", ctypes.c_int64),
-        ("kv_heads", ctypes.c_int64),
-        ("head_dim", ctypes.c_int64),
-        ("intermediate", ctypes.c_int64),
-        ("eps", ctypes.c_float),
-        ("scale", ctypes.c_float),
-    ]
-
-
-class _Row(ctypes.Structure):
-    _fields_ = [
-        ("keys", ctypes.c_void_p),
-        ("values", ctypes.c_void_p),
-        ("capacity", ctypes.c_int64),
-        ("slot", ctypes.c_int64),
-    ]
-
-
-def _describe(weight) -> _Weight | None:
-    """The C description of a weight, or None for a kind the C step does not read."""
+def _describe(weight):
+    """The C description of a weight (a cg_weight), or None for a kind the C step does not
+    read."""
     rows, cols = weight.shape
     if isinstance(weight, RowGroups):
         f32 = int(weight.scales.dtype == torch.float32)
         values, scales = weight.values.data_ptr(), weight.scales.data_ptr()
-        return _Weight(_GROUPS_KIND + weight.bits, values, scales, 0, 0, 0, 0, f32, rows, cols)
+        return _struct("cg_weight")(
+            kernel_header().codes["CG_KIND_GROUPS"] + weight.bits,
+            values,
+            scales,
+            0,
+            0,
+            0,
+            0,
+            f32,
+            rows,
+            cols,
+        )
     plain_bf16 = isinstance(weight, torch.Tensor) and weight.dtype == torch.bfloat16
     if not (plain_bf16 and weight.stride(1) == 1) and not isinstance(
         weight, Int8Blocks | Int4Blocks
     ):
         return None
     kind, values, v_row, v_block, scales, s_row, s_block, s_f32 = weight_layout(weight)
-    return _Weight(kind, values, scales, v_row, v_block, s_row, s_block, s_f32, rows, cols)
+    return _struct("cg_weight")(
+        kind, values, scales, v_row, v_block, s_row, s_block, s_f32, rows, cols
+    )
 
 
 class DecodeStep:
@@ -91,7 +66,7 @@ class DecodeStep:
     def __init__(self, kernels: NativeKernels) -> None:
         self.kernels = kernels
         self._weights: tuple | None = None  # what the description was built from (kept alive)
-        self._layers = None  # ctypes array of _Layer, or None if some weight is unsupported
+        self._layers = None  # ctypes array of cg_layer, or None if some weight is unsupported
         self._norms: list[torch.Tensor] = []  # 1 + norm weights, float32, kept alive
         self._work = torch.empty(0, dtype=torch.float32)
 
@@ -127,7 +102,7 @@ class DecodeStep:
                     f"KV cache overflow: {slot + 1} slots needed, capacity {cache.capacity}"
                 )
         hd = config.head_dim
-        dims = _Dims(
+        dims = _struct("cg_dims")(
             D,
             config.num_attention_heads,
             config.num_key_value_heads,
@@ -136,9 +111,9 @@ class DecodeStep:
             config.rms_norm_eps,
             hd**-0.5,
         )
-        rows = (_Row * M)(
+        rows = (_struct("cg_row") * M)(
             *(
-                _Row(c.keys.data_ptr(), c.values.data_ptr(), c.capacity, slot)
+                _struct("cg_row")(c.keys.data_ptr(), c.values.data_ptr(), c.capacity, slot)
                 for c, slot in zip(caches, slots, strict=True)
             )
         )
@@ -201,7 +176,7 @@ class DecodeStep:
 
     def _build(self, weights: tuple) -> None:
         self._weights, self._layers, self._norms = weights, None, []
-        layers = (_Layer * len(weights))()
+        layers = (_struct("cg_layer") * len(weights))()
         for described, parts in zip(layers, weights, strict=True):
             for name, weight in zip(_PROJECTIONS, parts[:7], strict=True):
                 c_weight = _describe(weight)

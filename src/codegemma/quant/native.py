@@ -20,14 +20,24 @@ from pathlib import Path
 
 import torch
 
+from codegemma.quant.bindings import kernel_header
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
 from codegemma.quant.row_groups import GROUP, RowGroups
 
-# the matrix-vector kernels, and the whole-stack decode step built on them
-SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("decode_step.c"))
-FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-std=c11"]
+# the kernels' sources and headers (csrc/cg_kernels.h is the interface both sides read)
+CSRC = Path(__file__).with_name("csrc")
+FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-std=c11", f"-I{CSRC}"]
 OPENMP_FLAG = "-fopenmp"  # tried first; compilers without OpenMP build the library without it
-_KIND = {torch.bfloat16: 16, Int8Blocks: 8, Int4Blocks: 4}
+_KIND_CODES = {
+    torch.bfloat16: "CG_KIND_BF16",
+    Int8Blocks: "CG_KIND_INT8",
+    Int4Blocks: "CG_KIND_INT4",
+}
+
+
+def sources() -> list[Path]:
+    """The C files compiled into the library."""
+    return sorted(CSRC.glob("*.c"))
 
 
 class KernelUnavailable(RuntimeError):
@@ -49,8 +59,9 @@ def build_library(verbose: bool = False, arch: str | None = None) -> tuple[Path,
     if not compiler:
         raise KernelUnavailable("no C compiler (cc/gcc) found")
     flags = [*FLAGS, f"-march={_checked_arch(arch or target_arch())}"]
+    files = [*sources(), *sorted(CSRC.glob("*.h"))]
     key = hashlib.sha256(
-        b"".join(path.read_bytes() for path in SOURCES)
+        b"".join(path.read_bytes() for path in files)
         + " ".join([*flags, OPENMP_FLAG]).encode()
         + compiler.encode()
         + platform.machine().encode()
@@ -68,7 +79,7 @@ def build_library(verbose: bool = False, arch: str | None = None) -> tuple[Path,
         for attempt in ([*flags, OPENMP_FLAG], flags):
             try:
                 result = subprocess.run(
-                    [compiler, *attempt, *map(str, SOURCES), "-lm", "-o", str(partial)],
+                    [compiler, *attempt, *map(str, sources()), "-lm", "-o", str(partial)],
                     capture_output=True,
                     text=True,
                 )
@@ -77,7 +88,7 @@ def build_library(verbose: bool = False, arch: str | None = None) -> tuple[Path,
             if result.returncode == 0:
                 break
         if result.returncode != 0:
-            names = " + ".join(path.name for path in SOURCES)
+            names = " + ".join(path.name for path in sources())
             raise KernelUnavailable(f"compiling {names} failed:\n{result.stderr[-2000:]}")
         os.replace(partial, target)  # atomic: concurrent builders never see a partial file
     return target, time.perf_counter() - started
@@ -127,33 +138,7 @@ class NativeKernels:
         # prompt-time widening may run on PyTorch's OpenMP threads only when loading the
         # library brought no second OpenMP runtime into the process (see prompt_run)
         shared = shares_openmp_runtime(runtimes_before, openmp_runtimes())
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.cg_pool_create.restype = p
-        lib.cg_pool_create.argtypes = [i32]
-        lib.cg_pool_destroy.argtypes = [p]
-        lib.cg_matvec.restype = i32
-        lib.cg_matvec.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, p, i64, i64, i64, p]
-        lib.cg_dequantize.restype = i32
-        lib.cg_dequantize.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, i64, i64]
-        lib.cg_dequantize_bf16.restype = i32
-        lib.cg_dequantize_bf16.argtypes = [p, i32, p, i64, i64, p, i64, i64, i32, p, i64, i64]
-        lib.cg_widen_bf16.restype = i32
-        lib.cg_widen_bf16.argtypes = [p, p, i64, p, i64, i64]
-        lib.cg_matvec_groups.restype = i32
-        lib.cg_matvec_groups.argtypes = [p, i32, p, p, i32, p, p, i64, i64, i64, p, i32]
-        lib.cg_quantize_rows.restype = i32
-        lib.cg_quantize_rows.argtypes = [p, p, i64, i64, i32, p, p, p]
-        lib.cg_gemm_groups.restype = i32
-        lib.cg_gemm_groups.argtypes = [p, i32, p, p, i32, p, p, p, p, i64, i64, i64, i64]
-        lib.cg_dequantize_groups.restype = i32
-        lib.cg_dequantize_groups.argtypes = [p, i32, p, p, i32, p, i32, i64, i64]
-        lib.cg_group_rows.restype = i32
-        lib.cg_group_rows.argtypes = [p, p, i64, i64, i64, i64, i32, ctypes.c_uint32, p, i64]
-        lib.cg_decode_work_floats.restype = i64
-        lib.cg_decode_work_floats.argtypes = [p, i64, i64]
-        lib.cg_decode_layers.restype = i32
-        lib.cg_decode_layers.argtypes = [p, p, i64, p, p, i64, p, p, p, p, p]
-        lib.cg_isa.restype = ctypes.c_char_p
+        kernel_header().bind(lib)  # every signature as csrc/cg_kernels.h declares it
         self.isa = lib.cg_isa().decode()  # what the build uses, for reports
         self.arch = arch or target_arch()
         self.vectorized = bool(lib.cg_has_avx2())
@@ -164,8 +149,6 @@ class NativeKernels:
         self._lib = lib
         self.threads = threads
         self._pool = lib.cg_pool_create(threads)
-        lib.cg_pool_share_openmp.argtypes = [p, i32]
-        lib.cg_has_openmp.restype = i32
         self._shares_openmp = False
         self.shares_openmp = shared and bool(lib.cg_has_openmp())
         # activations in int8 / bfloat16 for one call, reused (calls come from one thread,
@@ -230,7 +213,7 @@ class NativeKernels:
         return y
 
     def decode_work_floats(self, dims, rows: int, max_slot: int) -> int:
-        """Floats of work memory `decode_layers` needs (dims: a decode_step._Dims)."""
+        """Floats of work memory `decode_layers` needs (dims: a cg_dims structure)."""
         return self._lib.cg_decode_work_floats(ctypes.byref(dims), rows, max_slot)
 
     def decode_layers(
@@ -245,7 +228,7 @@ class NativeKernels:
         work: torch.Tensor,
         widest_input: int,
     ) -> None:
-        """Run every row of x (M, D) through `count` layers in place; rows: M decode_step._Row
+        """Run every row of x (M, D) through `count` layers in place; rows: M cg_row structures
         (each row's cache and slot) (decode_step.c)."""
         M = x.shape[0]
         # what a projection of the widest input needs, in either layout
@@ -492,7 +475,8 @@ def weight_layout(weight) -> tuple:
     if isinstance(weight, torch.Tensor):
         if weight.dtype != torch.bfloat16 or weight.stride(1) != 1:
             raise ValueError("native matvec takes bfloat16 weights with contiguous rows")
-        return (16, weight.data_ptr(), weight.stride(0) * 2, 0, None, 0, 0, 0)
+        bf16 = kernel_header().codes["CG_KIND_BF16"]
+        return (bf16, weight.data_ptr(), weight.stride(0) * 2, 0, None, 0, 0, 0)
     values = weight.qs if isinstance(weight, Int8Blocks) else weight.packed
     block_bytes = BLOCK if isinstance(weight, Int8Blocks) else BLOCK // 2
     if values.stride(-1) != 1:
@@ -501,7 +485,7 @@ def weight_layout(weight) -> tuple:
     scales = weight.scales
     size = scales.element_size()
     return (
-        _KIND[type(weight)],
+        kernel_header().codes[_KIND_CODES[type(weight)]],
         values.data_ptr(),
         values.stride(0),
         v_block,

@@ -3,9 +3,10 @@
 `Int8Blocks` / `Int4Blocks` keep each row's blocks together (the file layouts). A matrix-vector
 product over them reduces every row on its own. `RowGroups` stores, for each group of 16 rows
 and each block of 32 inputs, runs of 64 bytes that hold 4 consecutive bytes of all 16 rows, so
-one byte dot-product instruction advances 16 rows together (see kernels.c for the exact byte
-layout). Values are stored unsigned (int8: q + 128; int4: the nibbles as Q4_0 keeps them, q + 8);
-scales (groups, blocks, 16) keep the source's dtype, so the numbers are the source's exactly.
+one byte dot-product instruction advances 16 rows together (see csrc/cg_groups.h for the exact
+byte layout). Values are stored unsigned (int8: q + 128; int4: the nibbles as Q4_0 keeps them,
+q + 8); scales (groups, blocks, 16) keep the source's dtype, so the numbers are the source's
+exactly.
 
 The regrouping is a pure byte permutation done once when an engine loads a model. When the
 source weight is a view of a file mapping, its pages are handed back to the kernel slice by
@@ -115,8 +116,8 @@ def regroup(
 ) -> RowGroups:
     """The weight in 16-row groups. With `mappings`, source pages that belong to a file
     mapping are released after each slice (read again from the file if ever touched). With
-    `kernels` (the native kernels' `group_rows`), the bytes move on every thread in C (an int8
-    2B model: 0.62 s against 1.67 s for PyTorch's strided copy); the bytes are the same."""
+    `kernels` (the native kernels' `group_rows`), the bytes move on every thread in C (several
+    times faster than PyTorch's strided copy); the bytes are the same."""
     _check(can_group(weight), f"cannot regroup a weight of shape {list(weight.shape)}")
     bits = weight.bits
     out, inp = weight.shape

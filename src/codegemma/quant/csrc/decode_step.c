@@ -3,8 +3,8 @@
  * residual adds, in one call from Python (the per-op overhead of ~50 small PyTorch calls per
  * layer is most of a quantized step's time outside the matrix-vector kernels).
  *
- * Projections go through the same entry points as a plain `matvec` (kernels.c), so they give
- * the same numbers; the rest follows the PyTorch reference's order of operations in float32.
+ * Projections go through the same entry points as a plain `matvec` (rows.c, groups.c), so they
+ * give the same numbers; the rest follows the PyTorch reference's order of operations in float32.
  * Every sequence is computed on its own (attention reads only its own cache row), so its
  * numbers never depend on the batch it came in. The projections and attention use the pool;
  * element-wise work runs on the calling thread.
@@ -13,53 +13,13 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef struct cg_pool cg_pool;
-int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
-              int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
-              int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
-              void *scratch);
-void cg_pool_split(cg_pool *pool, void (*fn)(void *, int64_t, int64_t), void *args,
-                   int64_t count);
-int cg_matvec_groups(cg_pool *pool, int bits, const void *values, const void *scales,
-                     int scale_f32, const float *x, float *y, int64_t M, int64_t N, int64_t K,
-                     void *scratch, int portable);
-
-#define CG_GROUPS_KIND 100 /* kind 100 + bits: a weight regrouped 16 rows at a time */
-
-/* A weight as `matvec` reads it: (rows, cols), kind 16 (bfloat16 rows), 8 / 4 (block rows with
- * byte strides) or 108 / 104 (row groups). */
-typedef struct {
-    int64_t kind;
-    const void *values, *scales;
-    int64_t value_row, value_block, scale_row, scale_block, scale_f32;
-    int64_t rows, cols;
-} cg_weight;
-
-typedef struct {
-    const float *attn_norm, *mlp_norm; /* (hidden,) float32: 1 + the norm's weight */
-    cg_weight q, k, v, o, gate, up, down;
-} cg_layer;
-
-typedef struct {
-    int64_t hidden, heads, kv_heads, head_dim, intermediate;
-    float eps, scale; /* RMSNorm epsilon, attention scale */
-} cg_dims;
-
-/* Where one row's new token goes: each row has a cache of its own (one sequence's), float32
- * (layers, kv_heads, capacity, head_dim). Several rows may share a cache at consecutive slots
- * (tokens of one sequence checked together): every row's keys and values are written before
- * any row attends, and a row reads only up to its own slot. */
-typedef struct {
-    float *keys, *values; /* layer 0 of the cache */
-    int64_t capacity;     /* slots per (layer, kv head) */
-    int64_t slot;         /* this token's slot; it attends to slots [0, slot] */
-} cg_row;
+#include "cg_internal.h"
 
 /* y (M, rows) = x (M, cols) @ W^T, any M: the weight is read once for all rows. */
 static int project(cg_pool *pool, const cg_weight *w, const float *x, float *y, int64_t M,
                    void *scratch) {
-    if (w->kind > CG_GROUPS_KIND)
-        return cg_matvec_groups(pool, (int)(w->kind - CG_GROUPS_KIND), w->values, w->scales,
+    if (w->kind > CG_KIND_GROUPS)
+        return cg_matvec_groups(pool, (int)(w->kind - CG_KIND_GROUPS), w->values, w->scales,
                                 (int)w->scale_f32, x, y, M, w->rows, w->cols, scratch, 0);
     return cg_matvec(pool, (int)w->kind, w->values, w->value_row, w->value_block, w->scales,
                      w->scale_row, w->scale_block, (int)w->scale_f32, x, y, M, w->rows, w->cols,
