@@ -2,11 +2,16 @@
 never changes (greedy: the same tokens; sampling: the same distribution)."""
 
 import collections
+import math
 
 import pytest
 import torch
+from tiny_models import tiny_config
 
 import codegemma
+from codegemma.engine import CodeGemma
+from codegemma.model import GemmaForCausalLM
+from codegemma.prompts import Prompt
 from codegemma.sampling import SamplingParams
 from codegemma.speculation import NgramDrafter, accept_or_replace
 
@@ -86,28 +91,56 @@ def test_greedy_tokens_are_the_same_with_and_without_speculation(lm):
     for a, b in zip(plain, drafted, strict=True):
         assert b.completion.token_ids == a.completion.token_ids
         assert b.completion.text == a.completion.text
-    assert sum(s.accepted for s in drafted) > 10  # drafts were checked and kept
+    assert sum(s.accepted for s in drafted) > 5  # drafts were checked and kept
     assert plain[0].drafted == 0
     _, alone = run(lm, [REPETITIVE], speculate=0)
     (sequence,), fewer = run(lm, [REPETITIVE], speculate=8)
     assert fewer <= alone - sequence.accepted  # each kept draft saved a forward pass
 
 
-def test_sampling_with_speculation_draws_from_the_same_distribution(trained_checkpoint):
-    lm = codegemma.load(trained_checkpoint, dtype="float32", kernels="torch")
-    sampling = [SamplingParams(temperature=1.5, seed=seed) for seed in range(300)]
+class FixedDistribution(GemmaForCausalLM):
+    """A model whose next token is drawn from the same distribution at every position."""
 
-    def second_tokens(speculate):
-        counts, kept = collections.Counter(), 0
-        for params in sampling:
-            (sequence,), _ = run(lm, [REPETITIVE], speculate, max_new_tokens=3, sampling=params)
-            counts[sequence.completion.token_ids[1]] += 1
+    def __init__(self, config, probs: dict[int, float]) -> None:
+        super().__init__(config)
+        self.logits = torch.full((config.vocab_size,), float("-inf"))
+        for token, p in probs.items():
+            self.logits[token] = math.log(p)
+
+    def forward(self, input_ids, *, caches=None, logits_positions=None):
+        for cache in caches or ():
+            cache.length += input_ids.shape[1]
+        positions = range(input_ids.shape[1])[logits_positions or slice(-1, None)]
+        return self.logits.expand(input_ids.shape[0], len(positions), -1).clone()
+
+
+def test_sampling_with_speculation_draws_from_the_same_distribution(tiny_tokenizer):
+    # the text repeats the three likely tokens, so drafts are offered at nearly every step;
+    # each generated position must still follow the model's law, with drafts kept or not
+    probs = {200: 0.5, 201: 0.3, 202: 0.2}
+    lm = CodeGemma(FixedDistribution(tiny_config(tiny_tokenizer.vocab_size), probs), tiny_tokenizer)
+    prompt = Prompt([tiny_tokenizer.bos_id] + [200, 201, 202, 201] * 6, ())
+    runs, steps = 1500, 4
+    for speculate in (0, 8):
+        counts = [collections.Counter() for _ in range(steps)]
+        kept = 0
+        for seed in range(runs):
+            engine = lm.batch()
+            sequence = lm.sequence(
+                prompt,
+                max_new_tokens=steps,
+                sampling=SamplingParams(temperature=1.0, seed=seed),
+                speculate=speculate,
+                ignore_eos=True,
+            )
+            engine.add(sequence)
+            for _ in engine.run():
+                pass
+            for position, token in enumerate(sequence.completion.token_ids):
+                counts[position][token] += 1
             kept += sequence.accepted
-        return counts, kept
-
-    plain, _ = second_tokens(0)
-    drafted, kept = second_tokens(8)
-    assert kept > 20  # drafts were accepted often enough to matter
-    tokens = set(plain) | set(drafted)
-    distance = sum(abs(plain[t] - drafted[t]) for t in tokens) / (2 * len(sampling))
-    assert distance < 0.12  # total variation between two samples of 300 from one law
+        for position in range(steps):
+            for token, p in probs.items():
+                share = counts[position][token] / runs
+                assert abs(share - p) < 0.045, (speculate, position, token, share)  # ~3.5 sd
+        assert (kept > runs // 4) == (speculate > 0)  # drafts were offered and often kept

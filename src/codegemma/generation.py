@@ -158,6 +158,10 @@ class GenSequence:
         self.truncated_tokens = truncated_tokens
         self.logprobs = logprobs
         self.speculate = speculate  # tokens drafted from the text itself per step, at most
+        # Checking k drafted tokens costs 1.1-1.2x a step for k = 1 and 1.3x for k = 2, but
+        # 2.7-3.8x for k = 8 (BENCHMARKS.md): drafts start at 2 tokens, double while all are
+        # kept, and fall back to what was kept, plus one, after a miss.
+        self._draft_length = min(2, speculate)
         self.drafted = 0  # drafted tokens checked so far
         self.accepted = 0  # of those, kept
         self.completion: Completion | None = None
@@ -213,7 +217,7 @@ class GenSequence:
         if not self.speculate or len(self.pending) != 1:
             return []
         room = min(
-            self.speculate,
+            self._draft_length,
             self._text.stops.max_new_tokens - self._text.generated - 1,
             self.cache.capacity - self.cache.length - 1,
         )
@@ -222,6 +226,12 @@ class GenSequence:
         if self._drafter is None:
             self._drafter = NgramDrafter(self._ids)
         return self._drafter.draft(room)
+
+    def checked(self, offered: int, kept: int) -> None:
+        """`kept` of the `offered` drafted tokens were right: set the next draft's length."""
+        if offered:
+            grown = min(self.speculate, 2 * self._draft_length)
+            self._draft_length = grown if kept == offered else max(1, kept + 1)
 
     def take(self, logits: torch.Tensor, drafted: int | None = None) -> tuple[str, bool]:
         """Pick the next token from this sequence's logits (V,) float32; return the text it
@@ -304,10 +314,11 @@ class BatchEngine:
     """Runs the forward passes of the sequences it holds, one step at a time.
 
     `decode_step`: the native whole-stack decode step (None: every pass through the model's
-    layers). `prompt_threads`: a context manager giving PyTorch the engine's threads while a
-    prompt chunk is computed. `interleave`: decode while other sequences still prefill (a
-    server, where new requests arrive all the time); False computes every prompt first (a
-    batch given at once, where decoding in between would read the weights for few rows).
+    layers). `decode_threads` and `prompt_threads`: context managers that set PyTorch's thread
+    count for a decode pass and for a prompt chunk, and restore it. `interleave`: decode
+    while other sequences still prefill (a server, where new requests arrive all the time);
+    False computes every prompt first (a batch given at once, where decoding in between would
+    read the weights for few rows).
     """
 
     def __init__(
@@ -315,6 +326,7 @@ class BatchEngine:
         model: GemmaForCausalLM,
         *,
         decode_step=None,
+        decode_threads=None,
         prompt_threads=None,
         prefill_chunk: int = PREFILL_CHUNK,
         interleave: bool = True,
@@ -323,6 +335,7 @@ class BatchEngine:
             raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
         self.model = model
         self.decode_step = decode_step
+        self.decode_threads = decode_threads or contextlib.nullcontext
         self.prompt_threads = prompt_threads or contextlib.nullcontext
         self.prefill_chunk = prefill_chunk
         self.interleave = interleave
@@ -349,7 +362,8 @@ class BatchEngine:
         prefilling = [s for s in self.sequences if len(s.pending) > SHORT_PROMPT]
         events: list[tuple[GenSequence, str]] = []
         if ready and (self.interleave or not prefilling):
-            events += self._decode(ready)
+            with self.decode_threads():
+                events += self._decode(ready)
         spent = 0
         for sequence in prefilling:
             chunk = sequence.next_chunk(self.prefill_chunk)
@@ -381,15 +395,17 @@ class BatchEngine:
         events, at = [], 0
         for sequence, (cache, tokens, last) in zip(sequences, rows, strict=True):
             drafted = tokens[last + 1 :]
-            start, pieces = cache.length, []
+            start, pieces, matched = cache.length, [], 0
             for j in range(len(drafted) + 1):
                 piece, kept = sequence.take(
                     logits[at + j], drafted[j] if j < len(drafted) else None
                 )
                 pieces.append(piece)
+                matched += kept
                 if not kept or sequence.finished:
                     break
             cache.length = start + last + 1 + j  # the pending tokens and the drafts kept
+            sequence.checked(len(drafted), matched)
             at += len(drafted) + 1
             events.append((sequence, "".join(pieces)))
         return events
@@ -397,6 +413,10 @@ class BatchEngine:
     def decode(self, caches: Sequence[KVCache], tokens: Sequence[int]) -> torch.Tensor:
         """One forward pass, token b after what caches[b] holds -> float32 logits (B, V):
         through the native whole-stack step where it serves, else the model's layers."""
+        with self.decode_threads():
+            return self._decode_pass(caches, tokens)
+
+    def _decode_pass(self, caches: Sequence[KVCache], tokens: Sequence[int]) -> torch.Tensor:
         if len(caches) != len(tokens):
             raise ValueError(f"{len(tokens)} new tokens for {len(caches)} caches")
         rows = [(cache, [token], 0) for cache, token in zip(caches, tokens, strict=True)]
