@@ -49,7 +49,8 @@ def run_codegemma(path: str, args) -> dict:
         prompts computed first, then decoded together through the engine's step loop."""
         engine = lm.batch(interleave=False)
         sequences = [
-            lm.sequence(Prompt(ids, ()), max_new_tokens=steps + 1, ignore_eos=True)
+            # no speculation: random weights repeat themselves, and the peers draft nothing
+            lm.sequence(Prompt(ids, ()), max_new_tokens=steps + 1, ignore_eos=True, speculate=0)
             for ids in prompts
         ]
         for sequence in sequences:

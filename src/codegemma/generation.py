@@ -36,6 +36,7 @@ PREFILL_CHUNK = 256  # prompt tokens per forward pass (activation memory stays b
 # join the decode pass: their tokens are rows of the whole-stack decode step, which reads every
 # weight once for all the pass's rows.
 SHORT_PROMPT = 16
+DEFAULT_SPECULATION = 8  # the most tokens drafted from the text itself per step (speculation.py)
 
 
 @dataclasses.dataclass
