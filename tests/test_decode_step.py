@@ -7,18 +7,30 @@ import pytest
 import torch
 
 import codegemma
+from codegemma.generation import BatchEngine
 from codegemma.quant.decode_step import DecodeStep
 from codegemma.quant.row_groups import RowGroups
 
 PROMPTS = ["def f(x):\n    return", "import os\n", "class Cache:\n    def get(self, key"]
 
 
+def engine_for(lm, fused: bool) -> BatchEngine:
+    """`lm`'s step engine with its native whole-stack decode step (`fused`), or without it:
+    every pass through the model's layers around the same kernels."""
+    acceleration = lm.acceleration
+    return BatchEngine(
+        lm.model,
+        decode_step=acceleration.decode_step if fused else None,
+        decode_threads=acceleration.decode_threads,
+        prompt_threads=acceleration.prompt_threads,
+    )
+
+
 def decode_logits(lm, prompts, steps: int, fused: bool, feed=None):
     """Logits (steps, B, V) of `steps` one-token forward passes of the batch after the prompts
     (each in its own cache); the tokens fed are `feed` (steps, B) or ids 5, 6, ... for every
     row. `fused`: the engine's native whole-stack step, else the model's layers."""
-    lm.acceleration.backend.fused_decode = fused
-    engine = lm.batch()
+    engine = engine_for(lm, fused)
     ids = [lm.tokenizer.encode(p) for p in prompts]
     caches = [lm.new_cache(len(i) + steps) for i in ids]
     out = []
@@ -29,7 +41,6 @@ def decode_logits(lm, prompts, steps: int, fused: bool, feed=None):
         for step in range(steps):
             fed = [5 + step] * len(ids) if feed is None else feed[step].tolist()
             out.append(engine.decode(caches, fed))
-    lm.acceleration.backend.fused_decode = True
     return torch.stack(out)
 
 
@@ -119,7 +130,11 @@ def test_attention_split_between_threads_keeps_every_number(checkpoint, request,
 def test_generation_is_unchanged_by_the_switch(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="native")
     fused = lm.generate(PROMPTS, max_new_tokens=10)
-    lm.acceleration.backend.fused_decode = False
+    layered = codegemma.KernelOptions(fused_decode=False)
+    lm = codegemma.load(
+        trained_checkpoint, quantize="int8", kernels="native", kernel_options=layered
+    )
+    assert lm.acceleration.decode_step is None
     plain = lm.generate(PROMPTS, max_new_tokens=10)
     assert [c.token_ids for c in fused] == [c.token_ids for c in plain]
 
@@ -152,8 +167,7 @@ def test_a_full_cache_is_refused_as_on_the_layer_path(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, kernels="native")
     with torch.inference_mode():
         for fused in (True, False):
-            lm.acceleration.backend.fused_decode = fused
-            engine = lm.batch()
+            engine = engine_for(lm, fused)
             full = [lm.new_cache(4), lm.new_cache(4)]
             for cache in full:
                 lm.model(torch.tensor([[5, 6, 7, 8]]), caches=[cache])

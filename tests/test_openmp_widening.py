@@ -1,6 +1,8 @@
 """Prompt-time widening on PyTorch's OpenMP threads: same numbers as the pool, and used only
 where the kernels share PyTorch's runtime."""
 
+import ctypes
+
 import pytest
 import torch
 
@@ -14,12 +16,15 @@ PRIVATE_GOMP = "/venv/lib/python3.11/site-packages/sentencepiece.libs/libgomp-6a
 
 @pytest.fixture(scope="module")
 def kernels():
-    k = NativeKernels(threads=2)
-    if not k._lib.cg_has_openmp():
-        k.close()
+    """Kernels widening on their own pool (False) and on PyTorch's OpenMP threads (True)."""
+    pool = NativeKernels(threads=2, share_openmp=False)
+    if not pool._lib.cg_has_openmp():
+        pool.close()
         pytest.skip("the C compiler here builds without OpenMP")
-    yield k
-    k.close()
+    both = {False: pool, True: NativeKernels(threads=2, share_openmp=True)}
+    yield both
+    for k in both.values():
+        k.close()
 
 
 def weights(rows, cols, seed):
@@ -29,9 +34,8 @@ def weights(rows, cols, seed):
 def widen_both_ways(kernels, weight, dtype):
     outs = []
     for shared in (False, True):
-        kernels.shares_openmp = shared
-        outs.append(kernels.dequantize(weight, torch.empty(weight.shape, dtype=dtype)))
-    kernels.shares_openmp = True
+        assert kernels[shared].shares_openmp == shared
+        outs.append(kernels[shared].dequantize(weight, torch.empty(weight.shape, dtype=dtype)))
     return outs
 
 
@@ -82,17 +86,29 @@ def test_runtimes_are_read_from_the_process_maps(tmp_path):
 
 
 def test_the_switch_refuses_kernels_built_without_openmp(kernels, monkeypatch):
-    monkeypatch.setattr(kernels, "_lib", _NoOpenMP(kernels._lib))
+    real = ctypes.CDLL
+    monkeypatch.setattr(ctypes, "CDLL", lambda path: _NoOpenMP(real(path)))
     with pytest.raises(ValueError, match="without OpenMP"):
-        kernels.shares_openmp = True
+        NativeKernels(threads=2, share_openmp=True)
+    NativeKernels(threads=2).close()  # by default: off, without asking
 
 
 class _NoOpenMP:
+    """The library as a build without OpenMP shows itself."""
+
     def __init__(self, lib):
         self._lib = lib
-
-    def cg_has_openmp(self):
-        return 0
+        self.cg_has_openmp = _Returns(0)
 
     def __getattr__(self, name):
         return getattr(self._lib, name)
+
+
+class _Returns:
+    """A stand-in C function (its restype and argtypes may be set) that returns `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, *args):
+        return self.value

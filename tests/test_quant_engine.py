@@ -287,7 +287,7 @@ def test_prompts_on_weight_bytes_equal_their_rows_and_stay_near_widening(bits):
         down = regroup(quantize_weight(torch.randn(1024, 3008, generator=g) / 55, bits))
         mlp = backend.gated_mlp(x, gate, up, down)
         assert torch.equal(mlp, backend.linear(fused, down))
-        backend.byte_gemm = False  # widened to float32 (no bf16 GEMMs here)
+        backend = NativeBackend(kernels, fast_bf16_gemm=False, byte_gemm=False)  # widened, f32
         assert not backend.fuses_mlp(x, gate, up)
         widened = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")
         assert cosine(fused, widened * backend.linear(x, up)) >= 0.9999

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import codegemma
-from codegemma.quant.apply import prepare_for_kernels
+from codegemma.quant.apply import prepare_for_kernels, quantizable
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks, quantize_int4, quantize_int8
 from codegemma.quant.mapped_pages import FileMappings, drop_cached, huge_page_empty
 from codegemma.quant.native import NativeKernels
@@ -183,7 +183,7 @@ def test_group_dequantize_is_exact(kernels, quantize, dtype):
 def test_engine_regroups_where_the_cpu_has_byte_dot_products(trained_checkpoint):
     lm = codegemma.load(trained_checkpoint, quantize="int4", kernels="native")
     plain = codegemma.load(trained_checkpoint, quantize="int4", kernels="torch")
-    layers = [m.weight for m in lm.model.modules() if hasattr(m, "backend")]
+    layers = [m.weight for _, m in quantizable(lm.model)]
     grouped = [w for w in layers if isinstance(w, RowGroups)]
     assert bool(grouped) == lm.acceleration.native.row_groups
     assert lm.weights == "int4"

@@ -1,5 +1,6 @@
 """codegemma: run Google's CodeGemma models locally for completion, generation and chat."""
 
+from codegemma.acceleration import KernelOptions
 from codegemma.config import PRESETS, GemmaConfig, preset
 from codegemma.engine import CodeGemma, TextStream, load
 from codegemma.errors import (
@@ -22,6 +23,7 @@ __all__ = [
     "FIM_STOP_TOKENS",
     "GemmaConfig",
     "InvalidRequestError",
+    "KernelOptions",
     "ModelNotFoundError",
     "PromptTooLongError",
     "TextStream",

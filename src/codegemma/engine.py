@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from codegemma.acceleration import Acceleration, accelerate
+from codegemma.acceleration import Acceleration, KernelOptions, accelerate
 from codegemma.default_model import default_model_dir
 from codegemma.devices import resolve_device, resolve_dtype
 from codegemma.errors import InvalidRequestError, PromptTooLongError
@@ -41,6 +41,7 @@ def load(
     threads: int | None = None,
     adapter: str | os.PathLike | None = None,
     merge_adapter: bool = True,
+    kernel_options: KernelOptions | None = None,
 ) -> CodeGemma:
     """Load a CodeGemma checkpoint: a model directory, a GGUF file or a Hugging Face id.
 
@@ -51,7 +52,9 @@ def load(
     `dtype`: bfloat16 (default) or float32 for unquantized weights. `quantize`: "int8" or
     "int4" quantizes weights at load (a checkpoint written by `codegemma quantize` loads
     without that cost). `kernels`: "auto" (native C kernels where the CPU supports them),
-    "native" or "torch" (plain PyTorch, the reference path). `threads`: default all cores.
+    "native" or "torch" (plain PyTorch, the reference path). `threads`: default all cores;
+    the engine sets PyTorch's thread count around its own work and restores it (loading leaves
+    the process as it was). `kernel_options`: switches of the native kernels (KernelOptions).
     """
     if model is None:
         model = default_model_dir()
@@ -70,7 +73,7 @@ def load(
             raise InvalidRequestError(f"quantize must be int8 or int4, got {quantize!r}")
         quantize_model(net, quantize)
         notes.append(f"quantized to {quantize} at load")
-    acceleration = accelerate(net, resolved_device, kernels, threads)
+    acceleration = accelerate(net, resolved_device, kernels, threads, kernel_options)
     return CodeGemma(
         net, tokenizer, name=str(model), path=path, acceleration=acceleration, notes=notes
     )
@@ -441,11 +444,12 @@ class CodeGemma:
 
     def batch(self, *, prefill_chunk: int = PREFILL_CHUNK, interleave: bool = True) -> BatchEngine:
         """A step engine on this model (see BatchEngine): `add` sequences, call `step`."""
-        backend = self.acceleration.backend
+        acceleration = self.acceleration
         return BatchEngine(
             self.model,
-            decode_step=backend.decode_step if backend and backend.fused_decode else None,
-            prompt_threads=self.acceleration.prompt_threads,
+            decode_step=acceleration.decode_step,
+            decode_threads=acceleration.decode_threads,
+            prompt_threads=acceleration.prompt_threads,
             prefill_chunk=prefill_chunk,
             interleave=interleave,
         )

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from codegemma.errors import CheckpointError
@@ -60,11 +62,11 @@ class LoraLinear(nn.Module):
         base, weight = self.base_layer, self.base_layer.weight
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
         out_features, in_features = weight.shape
-        with torch.device("meta"):
+        with torch.device("meta"):  # the model's own Linear: native layers are swapped in
             if isinstance(base, nn.Linear):
                 layer = nn.Linear(in_features, out_features, bias=False)
             else:
-                layer = type(base)(in_features, out_features)
+                layer = Linear(in_features, out_features)
         layer.weight = nn.Parameter((weight.float() + delta).to(weight.dtype), requires_grad=False)
         return layer
 
@@ -114,8 +116,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: GemmaForCausalLM, directory: str | Path, *, base_model: str) -> Path:
     """Write `adapter_config.json` and `adapter_model.safetensors` of a model from `add_lora`."""
-    from safetensors.torch import save_file
-
     settings = getattr(model, "lora_settings", None)
     if settings is None:
         raise ValueError("the model has no LoRA layers (use add_lora first)")
@@ -220,9 +220,6 @@ def read_adapter_config(directory: Path) -> dict:
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"no {WEIGHTS_FILE} in adapter directory {directory}")

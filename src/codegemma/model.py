@@ -21,22 +21,24 @@ from codegemma.kv_cache import KVCache
 class Linear(nn.Module):
     """A bias-free linear layer whose weight may be a tensor or a block-quantized weight.
 
-    With no `backend` it is exactly `F.linear`; an engine may attach a backend object whose
-    `linear(x, weight)` runs faster kernels (and is tested against this plain path).
+    It is exactly `F.linear`; an engine may swap in a subclass that runs faster kernels (see
+    quant/layers.py, tested against this plain path).
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.backend = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend is not None:
-            return self.backend.linear(x, self.weight)
-        weight = self.weight
-        if not isinstance(weight, torch.Tensor):  # quantized: the slow, obviously-right path
-            weight = weight.dequantize(x.dtype)
-        return F.linear(x, weight.to(x.dtype))
+        return F.linear(x, dense(self.weight, x.dtype))
+
+
+def dense(weight, dtype: torch.dtype) -> torch.Tensor:
+    """The weight as a tensor of `dtype`; a quantized one through its slow, obviously-right
+    `dequantize`."""
+    if not isinstance(weight, torch.Tensor):
+        return weight.dequantize(dtype)
+    return weight.to(dtype)
 
 
 class Embedding(nn.Module):
@@ -47,7 +49,6 @@ class Embedding(nn.Module):
         # uninitialised, as Linear's: loaders assign weights and creators initialise them (a
         # random fill on the meta device would import torch._dynamo: ~70 MB of memory)
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
-        self.backend = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.weight, torch.Tensor):
@@ -56,12 +57,7 @@ class Embedding(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """LM-head logits x @ E^T."""
-        if self.backend is not None:
-            return self.backend.linear(x, self.weight)
-        weight = self.weight
-        if not isinstance(weight, torch.Tensor):
-            weight = weight.dequantize(x.dtype)
-        return F.linear(x, weight.to(x.dtype))
+        return F.linear(x, dense(self.weight, x.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -171,11 +167,6 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
-        gate, up, down = self.gate_proj, self.up_proj, self.down_proj
-        plain = all(isinstance(m, Linear) for m in (gate, up, down))  # not wrapped by LoRA
-        backend = gate.backend if plain else None
-        if backend is not None and backend.fuses_mlp(x, gate.weight, up.weight):
-            return backend.gated_mlp(x, gate.weight, up.weight, down.weight)
         # inference: activation and product in place, two (B, T, intermediate) buffers fewer
         hidden = torch.ops.aten.gelu_(self.gate_proj(x), approximate="tanh")
         return self.down_proj(hidden.mul_(self.up_proj(x)))

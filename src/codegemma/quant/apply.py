@@ -1,4 +1,4 @@
-"""Turning a loaded model's weights into block-quantized ones, and attaching a backend."""
+"""Turning a loaded model's weights into block-quantized ones, laid out for their readers."""
 
 from __future__ import annotations
 
@@ -98,12 +98,6 @@ def prepare_for_kernels(model: GemmaForCausalLM, row_groups: bool, kernels=None)
 def row_group_count(model: GemmaForCausalLM) -> int:
     """How many distinct weights of `model` are in 16-row groups."""
     return len({id(m.weight) for _, m in quantizable(model) if isinstance(m.weight, RowGroups)})
-
-
-def attach_backend(model: GemmaForCausalLM, backend) -> None:
-    """Route every Linear and the LM head through `backend` (None: plain PyTorch)."""
-    for _, module in quantizable(model):
-        module.backend = backend
 
 
 def weight_bits(model: GemmaForCausalLM) -> str:

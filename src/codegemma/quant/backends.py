@@ -1,18 +1,14 @@
-"""How linear layers compute: the plain PyTorch path, or the native kernels.
+"""How the native layers (quant/layers.py) compute their products on the native kernels.
 
-A backend is owned by one engine and attached to that engine's Linear/Embedding modules.
+A backend is owned by one engine; its layers are swapped into that engine's model.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from codegemma.quant.blocks import BLOCK
-from codegemma.quant.decode_step import DecodeStep
 from codegemma.quant.formats import Weight, row_slice
 from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import GROUP, RowGroups
@@ -28,16 +24,12 @@ class NativeBackend:
     other weights, a GEMM (bfloat16 on CPUs with bf16 units, else float32) on a widened copy
     of one slice of a weight at a time (reused scratch memory)."""
 
-    def __init__(self, kernels: NativeKernels, fast_bf16_gemm: bool) -> None:
+    def __init__(self, kernels: NativeKernels, fast_bf16_gemm: bool, byte_gemm: bool = True):
         self.kernels = kernels
         self.fast_bf16_gemm = fast_bf16_gemm  # CPUs with bf16 matrix units: GEMM in bf16
-        # one new token per sequence: the whole decoder stack in one C call (switch off with
-        # `fused_decode = False` to run every layer through PyTorch around the same kernels)
-        self.fused_decode = True
-        self.decode_step = DecodeStep(kernels)
         # prompts through weights in row groups: byte dot products on the weights as they are
-        # (~1.4x oneDNN's bfloat16 GEMM here, and no widening); False widens them instead
-        self.byte_gemm = True
+        # (no widened copy; README, 'Speed and quantization'); False widens them instead
+        self.byte_gemm = byte_gemm
         self._scratch = torch.empty(0, dtype=torch.float32)
 
     def linear(self, x: torch.Tensor, weight: Weight) -> torch.Tensor:
@@ -60,8 +52,8 @@ class NativeBackend:
             return per_sequence_linear(x.to(weight.dtype), weight).float()
         # Widen one slice of rows at a time: scratch memory stays small (a 256000-row
         # embedding would need 2 GB at once) and each slice is still a large GEMM. CPUs with
-        # bf16 matrix units widen quantized weights to bfloat16 and multiply in bf16 (~2.5x
-        # the float32 GEMM there); others widen to float32.
+        # bf16 matrix units widen quantized weights to bfloat16 and multiply in bf16 (faster
+        # than the float32 GEMM there); others widen to float32.
         quantized_bf16 = self.fast_bf16_gemm and not isinstance(weight, torch.Tensor)
         dtype = torch.bfloat16 if quantized_bf16 else torch.float32
         x = x.to(dtype)
@@ -160,18 +152,6 @@ class NativeBackend:
         piece = row_slice(weight, start, stop)
         widened = self.kernels.dequantize(piece, self._buffer(piece.shape, x.dtype))
         return per_sequence_linear(x, widened)
-
-    @contextlib.contextmanager
-    def prompt_threads(self) -> Iterator[None]:
-        """PyTorch runs on the kernels' thread count while a prompt is computed (its GEMMs,
-        attention and element-wise work are large enough to share), and on one thread again
-        for decode steps, where the kernels' own pool owns the cores."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.kernels.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     def _buffer(self, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """Reused scratch memory viewed as `shape` of `dtype` (float32 or bfloat16)."""

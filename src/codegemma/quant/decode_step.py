@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from codegemma.model import Linear, RMSNorm
+from codegemma.model import RMSNorm
 from codegemma.quant.bindings import kernel_header
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
+from codegemma.quant.layers import NativeLinear
 from codegemma.quant.native import NativeKernels, weight_layout
 from codegemma.quant.row_groups import RowGroups
 
@@ -55,7 +56,7 @@ def _describe(weight):
 
 
 class DecodeStep:
-    """The C decode step for one model, owned by an engine's backend.
+    """The C decode step for one model, owned by an engine (its Acceleration).
 
     `serves` says whether a forward pass can take it (one new token per sequence, no
     gradients, plain layers, weights the kernels read, a float32 cache); `run` computes the
@@ -152,7 +153,7 @@ class DecodeStep:
                 mlp.up_proj,
                 mlp.down_proj,
             )
-            if any(type(m) is not Linear for m in modules):
+            if any(type(m) is not NativeLinear for m in modules):
                 return None  # e.g. a LoRA wrapper: its own forward must run
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if any(type(n) is not RMSNorm for n in norms):

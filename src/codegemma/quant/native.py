@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma.cpu import cpu_signature
 from codegemma.quant.bindings import kernel_header
 from codegemma.quant.blocks import BLOCK, Int4Blocks, Int8Blocks
 from codegemma.quant.row_groups import GROUP, RowGroups
@@ -65,7 +66,7 @@ def build_library(verbose: bool = False, arch: str | None = None) -> tuple[Path,
         + " ".join([*flags, OPENMP_FLAG]).encode()
         + compiler.encode()
         + platform.machine().encode()
-        + _cpu_signature().encode()
+        + cpu_signature().encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"codegemma_kernels_{key}.so"
     if target.exists():
@@ -106,17 +107,6 @@ def _checked_arch(arch: str) -> str:
     return arch
 
 
-def _cpu_signature() -> str:
-    """CPU flags, so a cache shared between different machines never runs the wrong code."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 @dataclasses.dataclass
 class QuantizedRows:
     """Rows of activations in int8 blocks of 32, made by `quantize_rows` for `bits`-bit
@@ -131,7 +121,13 @@ class QuantizedRows:
 class NativeKernels:
     """The loaded library plus one thread pool; owned by an engine, closed with it."""
 
-    def __init__(self, threads: int, verbose: bool = False, arch: str | None = None) -> None:
+    def __init__(
+        self,
+        threads: int,
+        verbose: bool = False,
+        arch: str | None = None,
+        share_openmp: bool | None = None,
+    ) -> None:
         path, self.build_seconds = build_library(verbose, arch)
         runtimes_before = openmp_runtimes()
         lib = ctypes.CDLL(str(path))
@@ -149,24 +145,23 @@ class NativeKernels:
         self._lib = lib
         self.threads = threads
         self._pool = lib.cg_pool_create(threads)
-        self._shares_openmp = False
-        self.shares_openmp = shared and bool(lib.cg_has_openmp())
+        # prompt-time widening on PyTorch's OpenMP threads (else on the pool): as asked, or
+        # None: where loading the library shared PyTorch's runtime; the same numbers either way
+        if share_openmp and not lib.cg_has_openmp():
+            raise ValueError("the kernels were built without OpenMP")
+        if share_openmp is None:
+            share_openmp = shared and bool(lib.cg_has_openmp())
+        lib.cg_pool_share_openmp(self._pool, int(share_openmp))
+        self._shares_openmp = bool(share_openmp)
         # activations in int8 / bfloat16 for one call, reused (calls come from one thread,
         # as the pool takes one task at a time)
         self._scratch = torch.empty(0, dtype=torch.uint8)
 
     @property
     def shares_openmp(self) -> bool:
-        """Whether prompt-time widening runs on PyTorch's OpenMP threads (else on the pool).
-        Switchable; the numbers are the same either way."""
+        """Whether prompt-time widening runs on PyTorch's OpenMP threads (else on the pool),
+        fixed at construction (`share_openmp`)."""
         return self._shares_openmp
-
-    @shares_openmp.setter
-    def shares_openmp(self, on: bool) -> None:
-        if on and not self._lib.cg_has_openmp():
-            raise ValueError("the kernels were built without OpenMP")
-        self._lib.cg_pool_share_openmp(self._pool, int(on))
-        self._shares_openmp = bool(on)
 
     def close(self) -> None:
         if getattr(self, "_pool", None):
