@@ -409,7 +409,8 @@ def _split_encoder(
 
 def _load_json(file: Path) -> Tokenizer:
     try:
-        from tokenizers import Tokenizer as HFTokenizer  # only for tokenizer.json files
+        # deferred: importing tokenizers takes 0.2 s, and only tokenizer.json files need it
+        from tokenizers import Tokenizer as HFTokenizer
 
         backend = HFTokenizer.from_file(str(file))
     except Exception as exc:  # the Rust side raises plain Exception for any parse failure

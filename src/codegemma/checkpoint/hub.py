@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+import huggingface_hub
+
 from codegemma.errors import ModelNotFoundError
 
 # Files the engine reads from a Hugging Face repository; nothing else is downloaded.
@@ -51,8 +53,6 @@ def resolve_model_dir(reference: str | os.PathLike) -> Path:
 
 
 def _snapshot(repo_id: str) -> Path:
-    import huggingface_hub  # imported here: only Hub ids need it
-
     cache = hub_cache_dir()
     offline = _offline()
     try:

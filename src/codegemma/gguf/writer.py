@@ -111,7 +111,7 @@ def write_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str | None = Non
 
 def _gguf_package():
     try:
-        import gguf
+        import gguf  # extra 'gguf'
     except ImportError as exc:
         raise CheckpointError(
             "writing GGUF files needs the 'gguf' package (pip install gguf)"

@@ -20,6 +20,8 @@ from typing import NoReturn
 from codegemma.fim import DEFAULT_FIM_MODE
 from codegemma.generation import PREFILL_CHUNK
 from codegemma.model_args import load_model, model_options
+from codegemma.serving.cluster import launch
+from codegemma.serving.cluster.options import ClusterOptions
 from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE, Scheduler
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
@@ -124,9 +126,6 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_cluster(args: argparse.Namespace, api_key: str | None) -> int:
-    from codegemma.serving.cluster.launch import run
-    from codegemma.serving.cluster.options import ClusterOptions
-
     if not _is_loopback(args.host) and not api_key:
         print(f"warning: serving {args.host} without --api-key", file=sys.stderr)
     replicas = args.replicas or 1
@@ -149,7 +148,7 @@ def _serve_cluster(args: argparse.Namespace, api_key: str | None) -> int:
         cors_origins=tuple(args.cors_origin),
         log_level=args.log_level,
     )
-    return run(options, host=args.host, port=args.port, ray_address=args.ray_address)
+    return launch.run(options, host=args.host, port=args.port, ray_address=args.ray_address)
 
 
 def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -> int:

@@ -17,7 +17,7 @@ def run(options: ClusterOptions, *, host: str, port: int, ray_address: str | Non
     """Serve until Ctrl-C; the exit code (1: the application could not be deployed)."""
     ray = require("ray", "cluster", "codegemma serve --replicas")
     serve = require("ray.serve", "cluster", "codegemma serve --replicas")
-    from codegemma.serving.cluster.deployment import build
+    from codegemma.serving.cluster.deployment import build  # extra 'cluster': Ray Serve
 
     local = ray_address is None
     if local:  # every replica gets its threads, even if that oversubscribes the cores
