@@ -3,14 +3,15 @@ here, requests run on engine replicas reached through a `DeploymentHandle`.
 
 Building the prompt here refuses a bad request at once and in arrival order, as the local
 scheduler does, and gives the request its affinity key (a hash of the prompt's first tokens
-unless the client names itself), which the request router reads from the call's arguments.
-Each request is a `RemoteJob`: a task on the ingress's event loop that streams the replica's
-`Update`s and delivers their events. Cancelling it cancels the stream, and Ray cancels the
-replica's generator, which cancels the scheduler's job. A newer request with the same client
-key supersedes an older one here, whichever replica either runs on: the older one ends at once
-with "cancelled" and the figures its replica last reported. A replica that dies while it holds
-a request: the request is sent again if nothing of it reached the client yet, else it fails
-with a clean error; every candidate is answered at most once.
+unless the client names itself), which travels as the call's session id (Serve's channel for
+session stickiness) to the request router. Each request is a `RemoteJob`: a task on the
+ingress's event loop that streams the replica's `Update`s and delivers their events.
+Cancelling it cancels the stream, and Ray cancels the replica's generator, which cancels the
+scheduler's job. A newer request with the same client key supersedes an older one here,
+whichever replica either runs on: the older one ends at once with "cancelled" and the figures
+its replica last reported. A replica that dies while it holds a request: the request is sent
+again if nothing of it reached the client yet, else it fails with a clean error; every
+candidate is answered at most once.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class RemoteJob:
 
     def receive(self, update: Update) -> None:
         """Deliver a replica's message (events of ended candidates are dropped)."""
-        self.replica = update.replica or self.replica
+        if update.replica:
+            log.debug("request %d (%s) runs on %s", self.id, self.affinity, update.replica)
+            self.replica = update.replica
         self.progress = update.progress or self.progress
         for event in update.events:
             if self.failed:
@@ -243,9 +246,7 @@ class RayBackend:
         """Stream `job` from a replica, again from another if one dies before the client saw
         anything, until every candidate has ended."""
         for attempt in itertools.count():
-            stream = self.engine.options(stream=True).generate.remote(
-                job.request, job.prompt, affinity=job.affinity
-            )
+            stream = self._engine_for(job).generate.remote(job.request, job.prompt)
             try:
                 async for update in stream:
                     job.receive(update)
@@ -266,6 +267,13 @@ class RayBackend:
             finally:
                 stream.cancel()  # a no-op once it ended; else Ray cancels the replica's job
             await asyncio.sleep(RETRY_PAUSE_S)
+
+    def _engine_for(self, job: RemoteJob) -> DeploymentHandle:
+        """The handle that streams `job`, its affinity key as the session id (which Serve
+        hands the request router in the request's metadata)."""
+        if job.affinity is None:
+            return self.engine.options(stream=True)
+        return self.engine.options(stream=True, session_id=job.affinity)
 
     async def _call(self, method: str, *args):
         """A one-shot call on any replica (sent again if the replica dies); a `Refusal` comes

@@ -83,11 +83,8 @@ class EngineReplica:
     def describe(self) -> Description:
         return self.description
 
-    async def generate(
-        self, request: GenerationRequest, prompt: Prompt, affinity: str | None = None
-    ) -> AsyncIterator[Update]:
-        """Run `request` on `prompt`, streaming its events. `affinity` is read by the router
-        (the request router sees a call's arguments), not here."""
+    async def generate(self, request: GenerationRequest, prompt: Prompt) -> AsyncIterator[Update]:
+        """Run `request` on `prompt`, streaming its events."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         job = self.scheduler.submit(

@@ -3,7 +3,8 @@
 `RequestRouterConfig(request_router_class=AffinityRouter)`. Ray runs it in every process that
 holds a handle to the engines (the ingress), once per request.
 
-A call that carries an affinity key (`generate(..., affinity=KEY)`) is offered its replicas
+A call that carries an affinity key (as its session id: `handle.options(session_id=KEY)`,
+Serve's channel for session stickiness, in the request's metadata) is offered its replicas
 one rank at a time, in the order `affinity.ranked` gives; Ray takes the first whose queue has
 room, and backs off and asks again when none has. The replica that took it becomes the key's
 owner (`on_request_routed`). A call without a key (embeddings, tokenizing, a request that
@@ -69,5 +70,5 @@ class AffinityRouter(RequestRouter):
 
 
 def _key(pending_request: PendingRequest | None) -> str | None:
-    """The affinity key the ingress passed as the `affinity` argument (`backend.py`)."""
-    return None if pending_request is None else pending_request.kwargs.get("affinity")
+    """The affinity key the ingress sent as the call's session id (`backend.py`)."""
+    return None if pending_request is None else pending_request.metadata.session_id or None
