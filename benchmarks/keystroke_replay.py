@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
 import socket
 import statistics
@@ -40,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from codegemma.cpu import cpu_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -267,14 +268,8 @@ def replay_all(args, source: str, line: int) -> dict[str, dict[str, dict]]:
 
 
 def machine() -> str:
-    """CPU model and core count, from /proc/cpuinfo where there is one."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for entry in Path("/proc/cpuinfo").read_text().splitlines():
-            if entry.startswith("model name"):
-                cpu = entry.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores"
+    """CPU model and core count."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def render(args, source: str, line: int, results: dict) -> str:

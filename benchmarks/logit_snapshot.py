@@ -9,14 +9,17 @@ random multi-query and multi-head ones, GGUF files (F16, BF16, Q8_0, Q4_0), `cod
 checkpoints (int8, int4, and int8 from the Q8_0 file), a keras-hub preset and a Flax checkpoint
 (written by keras-hub and the `gemma` library themselves, when installed), Jlama directories
 (Q4, I8) and a PEFT LoRA adapter. They are built once, so that later runs load the same files.
+The builders import nothing from the tests (they repeat the keras-hub and Flax ones): `build`
+must run on the commit before a change, whatever its tests look like.
 
 `run` loads each of them (and the shipped default model) under every setting: kernels "torch"
 and "native", float32 and bfloat16, quantized at load or not, and on the native kernels the
 fused decode step and the byte GEMM on and off (the OpenMP sharing both ways on one model).
 For each it records the prompt logits (`logits()`), four batched decode steps after three
-prompts (the engine's `decode`), greedy generation and FIM token ids and embeddings. It also
-re-runs the writers (`convert`, `quantize`) into a scratch folder and records a hash of every
-file they write. `compare` reports every difference; exit code 1 if there is one.
+prompts (the engine's `decode`), the tokens of greedy and sampled generation and of FIM, and
+embeddings. It also re-runs the writers (`convert`, `quantize`) into a scratch folder and
+records a hash of every file they write. `compare` reports every difference (exit code 1 if
+there is one).
 
 Run both sides on the same machine with the same thread count (`--threads`, default 2).
 """
@@ -52,23 +55,14 @@ VOCAB = 512
 
 def build(root: Path) -> None:
     """Every fixture model under `root` (see the module docstring)."""
-    from codegemma.config import GemmaConfig
-    from codegemma.random_model import random_model, write_random_checkpoint
+    from codegemma.random_model import DEMO_CONFIG, random_model, write_random_checkpoint
     from codegemma.tokenizer_training import train_tokenizer
 
     root.mkdir(parents=True, exist_ok=False)
     corpus = _corpus()
     tokenizer = train_tokenizer(corpus, root / "tokenizer" / "tokenizer.model", VOCAB)
-    tiny = GemmaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=512,
-    )
+    # 2 layers, 4 query heads of 32, one key/value head (multi-query), hidden size 64
+    tiny = DEMO_CONFIG.replace(vocab_size=VOCAB, intermediate_size=128, max_position_embeddings=512)
     write_random_checkpoint(root / "mqa", tiny, tokenizer, seed=0)
     mha = tiny.replace(hidden_size=96, num_key_value_heads=4, head_dim=40)
     write_random_checkpoint(root / "mha", mha, tokenizer, seed=1)
@@ -362,6 +356,8 @@ def measure(lm) -> dict[str, object]:
     out["decode"] = torch.stack(decoded)
     done = lm.generate(PROMPTS, max_new_tokens=10)
     out["generate"] = torch.tensor([c.token_ids + [-1] * (10 - len(c.token_ids)) for c in done])
+    sampled = lm.generate([LONG, *PROMPTS], max_new_tokens=8, temperature=0.9, seed=1)
+    out["sampled"] = torch.tensor([c.token_ids + [-1] * (8 - len(c.token_ids)) for c in sampled])
     fim = lm.complete("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", max_new_tokens=8)
     out["complete"] = torch.tensor(fim.token_ids or [-1])
     out["embed"] = lm.embed(PROMPTS[:2])

@@ -316,7 +316,8 @@ class BatchEngine:
 
     `decode_step`: the native whole-stack decode step (None: every pass through the model's
     layers). `decode_threads` and `prompt_threads`: context managers that set PyTorch's thread
-    count for a decode pass and for a prompt chunk, and restore it. `interleave`: decode
+    count for a step (its decode pass and the tokens picked) and for a prompt chunk within it,
+    and restore it. `interleave`: decode
     while other sequences still prefill (a server, where new requests arrive all the time);
     False computes every prompt first (a batch given at once, where decoding in between would
     read the weights for few rows).
@@ -359,12 +360,15 @@ class BatchEngine:
         tokens), then chunks of longer prompts. Returns (sequence, text released) for each
         sequence that picked a token; finished sequences (`.completion` set) have left the
         batch."""
+        with self.decode_threads():  # and prompt chunks under prompt_threads, within
+            return self._step()
+
+    def _step(self) -> list[tuple[GenSequence, str]]:
         ready = [s for s in self.sequences if len(s.pending) <= SHORT_PROMPT]
         prefilling = [s for s in self.sequences if len(s.pending) > SHORT_PROMPT]
         events: list[tuple[GenSequence, str]] = []
         if ready and (self.interleave or not prefilling):
-            with self.decode_threads():
-                events += self._decode(ready)
+            events += self._decode(ready)
         spent = 0
         for sequence in prefilling:
             chunk = sequence.next_chunk(self.prefill_chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from codegemma.checkpoint.hf_dir import save_hf_checkpoint
+from codegemma.cpu import default_threads, torch_threads
 from codegemma.errors import InvalidRequestError
 from codegemma.lora import add_lora, save_adapter
 from codegemma.model_args import load_model, model_options
@@ -96,13 +98,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=50)
 
 
-def _setup(args) -> None:
+def _setup(args) -> contextlib.AbstractContextManager:
+    """Check the flags; the context in which PyTorch trains on --threads (default all cores),
+    restored afterwards."""
     if args.quantize:
         raise InvalidRequestError("training needs unquantized weights (drop --quantize)")
     # Training needs autograd: the engine's native inference kernels have none.
     args.kernels = "torch"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return torch_threads(args.threads or default_threads())
 
 
 def _rows(args, lm):
@@ -140,13 +143,14 @@ def _log(line: str) -> None:
 
 
 def _run_train(args) -> int:
-    _setup(args)
-    lm = load_model(args)
-    train_rows, held = _rows(args, lm)
-    model = make_trainable(lm.model)
-    result = train(
-        model, train_rows, held, _config(args, 3e-4), args.out, pad_id=lm.tokenizer.pad_id, log=_log
-    )
+    with _setup(args):
+        lm = load_model(args)
+        train_rows, held = _rows(args, lm)
+        model = make_trainable(lm.model)
+        config = _config(args, 3e-4)
+        result = train(
+            model, train_rows, held, config, args.out, pad_id=lm.tokenizer.pad_id, log=_log
+        )
     if result.finished:
         save_hf_checkpoint(model.eval(), args.out)
         shutil.copyfile(lm.tokenizer.path, args.out / lm.tokenizer.path.name)
@@ -155,20 +159,15 @@ def _run_train(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    _setup(args)
-    lm = load_model(args)
-    train_rows, held = _rows(args, lm)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    add_lora(lm.model, r=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets)
-    result = train(
-        lm.model,
-        train_rows,
-        held,
-        _config(args, 2e-4),
-        args.out,
-        pad_id=lm.tokenizer.pad_id,
-        log=_log,
-    )
+    with _setup(args):
+        lm = load_model(args)
+        train_rows, held = _rows(args, lm)
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        add_lora(lm.model, r=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets)
+        config = _config(args, 2e-4)
+        result = train(
+            lm.model, train_rows, held, config, args.out, pad_id=lm.tokenizer.pad_id, log=_log
+        )
     if result.finished:
         save_adapter(lm.model, args.out, base_model=str(lm.path or lm.name))
         _log(f"wrote the LoRA adapter to {args.out}")
@@ -200,16 +199,16 @@ def _run_train_tokenizer(args) -> int:
 
 
 def _run_default_model(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     max_seconds = args.max_minutes * 60 if args.max_minutes else None
-    summary = default_recipe.train_default_model(args.out, max_seconds=max_seconds, log=_log)
-    if summary["finished"]:
-        summary.update(default_recipe.evaluate_default_model(args.out, args.eval_tasks, log=_log))
-        if args.humaneval:
-            summary.update(default_recipe.evaluate_humaneval(args.out, log=_log))
-        if args.install:
-            default_recipe.install(args.out)
-            _log("installed the model into the codegemma package")
+    with torch_threads(args.threads or torch.get_num_threads()):
+        summary = default_recipe.train_default_model(args.out, max_seconds=max_seconds, log=_log)
+        if summary["finished"]:
+            tasks = args.eval_tasks
+            summary.update(default_recipe.evaluate_default_model(args.out, tasks, log=_log))
+            if args.humaneval:
+                summary.update(default_recipe.evaluate_humaneval(args.out, log=_log))
+    if summary["finished"] and args.install:
+        default_recipe.install(args.out)
+        _log("installed the model into the codegemma package")
     print(json.dumps(summary))
     return 0
