@@ -12,6 +12,7 @@ from codegemma.generation import SHORT_PROMPT
 from codegemma.tokenizer import Tokenizer
 
 
+@pytest.mark.parity
 def test_loaded_logits_equal_transformers(mqa_checkpoint, tiny_lm):
     hf = transformers.GemmaForCausalLM.from_pretrained(mqa_checkpoint, dtype=torch.float32).eval()
     ids = tiny_lm.tokenizer.encode("def add(a, b):\n    return a + b\n")
@@ -22,6 +23,7 @@ def test_loaded_logits_equal_transformers(mqa_checkpoint, tiny_lm):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parity
 def test_mha_checkpoint_logits_equal_transformers(mha_checkpoint):
     lm = codegemma.load(mha_checkpoint, dtype="float32")
     assert lm.config.head_dim * lm.config.num_attention_heads != lm.config.hidden_size
@@ -32,6 +34,7 @@ def test_mha_checkpoint_logits_equal_transformers(mha_checkpoint):
     assert (lm.logits(ids) - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parity
 def test_greedy_generation_matches_transformers_generate(mqa_checkpoint, tiny_lm):
     hf = transformers.GemmaForCausalLM.from_pretrained(mqa_checkpoint, dtype=torch.float32).eval()
     prompt = "import os\nimport sys\n\ndef main():\n"

@@ -34,6 +34,7 @@ def reference_model(config: GemmaConfig, ours: GemmaForCausalLM) -> transformers
     return hf
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("config", [MQA, MHA], ids=["mqa", "mha"])
 def test_float32_logits_match_transformers(config):
     ours = random_model(config, seed=1)
@@ -46,6 +47,7 @@ def test_float32_logits_match_transformers(config):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("config", [MQA, MHA], ids=["mqa", "mha"])
 def test_bfloat16_error_is_no_worse_than_transformers_own(config):
     # Stated tolerance: against the float32 reference, our bfloat16 logits err no more than

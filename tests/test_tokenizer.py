@@ -133,6 +133,7 @@ def test_held_out_corpus_exercises_byte_fallback(pair):
     assert any(ours.byte_value(i) is not None for i in ids)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("text", HELD_OUT)
 def test_encode_matches_transformers(pair, text):
     ours, reference = pair
@@ -142,12 +143,14 @@ def test_encode_matches_transformers(pair, text):
     assert ours.encode(text, add_bos=False) == expected[1:]
 
 
+@pytest.mark.parity
 def test_encode_matches_transformers_on_random_text(pair):
     ours, reference = pair
     for text in _random_texts(1500, seed=1234):
         assert ours.encode(text) == reference(text)["input_ids"], repr(text)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("skip", [False, True])
 def test_decode_matches_transformers(pair, skip):
     ours, reference = pair
@@ -158,6 +161,7 @@ def test_decode_matches_transformers(pair, skip):
         ), repr(text)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("skip", [False, True])
 def test_decode_matches_transformers_on_random_ids(pair, skip):
     # Random ids, biased towards byte-fallback and special tokens: invalid and truncated
@@ -181,6 +185,7 @@ def test_decode_matches_transformers_on_random_ids(pair, skip):
         ), ids
 
 
+@pytest.mark.parity
 def test_ids_and_vocab_size_match_transformers(pair):
     ours, reference = pair
     assert ours.vocab_size == len(reference)
@@ -191,6 +196,7 @@ def test_ids_and_vocab_size_match_transformers(pair):
         assert ours.id_to_piece(index) == reference.convert_ids_to_tokens(index)
 
 
+@pytest.mark.parity
 def test_special_ids_are_control_and_user_defined(pair):
     ours, reference = pair
     added = {index for index in reference.added_tokens_decoder}
@@ -199,6 +205,7 @@ def test_special_ids_are_control_and_user_defined(pair):
     assert names == {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *FIM_AND_TURN_TOKENS}
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", FIM_AND_TURN_TOKENS)
 def test_fim_and_turn_tokens_found_by_text_and_kept_whole(pair, name):
     ours, reference = pair

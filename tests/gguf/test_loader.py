@@ -150,6 +150,7 @@ _REQUANT_COSINE = {"Q4_1": 0.98, "Q4_K": 0.98, "Q5_0": 0.9998, "Q5_1": 0.9998}
 _REQUANT_COSINE.update({"Q5_K": 0.9998, "Q6_K": 0.9998})
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", FLOAT + GGUF_QUANTIZABLE + K_TYPES)
 def test_every_type_loads(kind, hf_dir, proto, tmp_path):
     config = GemmaConfig.from_json_file(hf_dir / "config.json")

@@ -16,6 +16,8 @@ from codegemma.gguf.writer import write_gguf
 from codegemma.model import GemmaForCausalLM
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 
+pytestmark = pytest.mark.parity  # checked against another library
+
 llama_cpp = pytest.importorskip("llama_cpp")
 
 GGUF_DIMS = dict(hidden_size=256, intermediate_size=512, head_dim=64, num_attention_heads=4)

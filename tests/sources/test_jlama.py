@@ -178,6 +178,7 @@ def test_every_nibble_and_byte_reads_back(kind, hf_dir, tmp_path):
     assert torch.equal(state["w"].dequantize(), torch.from_numpy(expected))
 
 
+@pytest.mark.parity
 def test_logits_match_transformers_on_the_dequantized_values(jlama, hf_dir, tiny_tokenizer):
     directory, _, values = jlama
     ids = tiny_tokenizer.encode(PROMPT)
@@ -198,6 +199,7 @@ def test_native_kernels_read_float32_scales(jlama, tiny_tokenizer):
     assert cosine >= 0.9995
 
 
+@pytest.mark.parity
 def test_convert_to_hf_and_gguf(jlama, hf_dir, tiny_tokenizer, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     directory, _, values = jlama

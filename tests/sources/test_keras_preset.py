@@ -23,7 +23,10 @@ PROMPT = "def add(a, b):\n    return a + b  # 123"
 SHAPES = dict(num_layers=2, num_query_heads=4, hidden_dim=64, intermediate_dim=256, head_dim=32)
 TOLERANCE = 1e-4  # float32 logits of magnitude ~10; measured differences are at most 3e-5
 # keras' torch backend converts through np.array(x) without numpy 2's copy keyword.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")

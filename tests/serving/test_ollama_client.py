@@ -9,6 +9,8 @@ import pytest
 import torch
 from serving_helpers import lively_engine, running_server
 
+pytestmark = pytest.mark.parity  # checked against another library
+
 PREFIX = "class Cache:\n    def get(self, key):\n        "
 SUFFIX = "\n        return None\n"
 OPTIONS = {"temperature": 0, "num_predict": 12}

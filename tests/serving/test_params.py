@@ -45,6 +45,7 @@ def sse(response):
     ]
 
 
+@pytest.mark.parity
 def test_openai_n_sampled_candidates_each_equal_its_seed_alone(url, lm):
     answer = client(url).completions.create(
         model="tiny", prompt="import os\n", max_tokens=10, temperature=1.0, seed=7, n=3
@@ -65,6 +66,7 @@ def test_openai_n_sampled_candidates_each_equal_its_seed_alone(url, lm):
     assert answer.usage.completion_tokens == generated
 
 
+@pytest.mark.parity
 def test_openai_chat_n_streamed_with_indexes(url, lm):
     messages = [{"role": "user", "content": "hello"}]
     stream = client(url).chat.completions.create(
@@ -82,6 +84,7 @@ def test_openai_chat_n_streamed_with_indexes(url, lm):
     assert set(reasons) == {0, 1}
 
 
+@pytest.mark.parity
 def test_greedy_candidates_are_identical_and_computed_once(lm):
     with running_server(lm) as (url, scheduler):
         before = scheduler.completed
@@ -114,6 +117,7 @@ def reference_logprobs(lm, prompt_ids, generated):
     return torch.log_softmax(logits[start : start + len(generated)], dim=-1)
 
 
+@pytest.mark.parity
 def test_openai_completion_logprobs_match_the_model(url, lm):
     answer = client(url).completions.create(
         model="tiny", prompt="import os\n", max_tokens=8, temperature=0, logprobs=3
@@ -139,6 +143,7 @@ def token_bytes_of(lm, ids):
     return [bytes(token_bytes(lm.tokenizer, token)) for token in ids]
 
 
+@pytest.mark.parity
 def test_openai_chat_top_logprobs(url, lm):
     messages = [{"role": "user", "content": "hi"}]
     answer = client(url).chat.completions.create(
@@ -206,6 +211,7 @@ def test_unsupported_parameters_are_refused_by_name(url, path, body, param):
         assert error["param"] == param
 
 
+@pytest.mark.parity
 def test_message_fields_and_parts_we_cannot_honour_are_refused(url):
     chat = client(url).chat.completions
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -219,6 +225,7 @@ def test_message_fields_and_parts_we_cannot_honour_are_refused(url):
     assert response.status_code == 400 and "'images'" in response.json()["error"]
 
 
+@pytest.mark.parity
 def test_neutral_values_and_editor_fields_are_accepted(url):
     """What editors and SDKs send by default must work: llama.vim's sampler list and timing
     fields, llama.vscode's chunk `time`, OpenAI neutral penalties, Continue's `num_ctx`."""
@@ -283,6 +290,7 @@ def test_samplers_left_out_are_not_run(url, lm):
     assert sampled["generation_settings"]["samplers"] == ["top_k"]
 
 
+@pytest.mark.parity
 def test_truncation_on_request_in_every_dialect(url, lm):
     long_prompt = "def f(x):\n    return x\n" * lm.context_length
     with pytest.raises(openai.BadRequestError) as caught:
@@ -328,6 +336,7 @@ def test_context_chunks_that_do_not_fit_are_dropped_farthest_first(url, lm, tiny
     assert answer["tokens_evaluated"] <= lm.context_length
 
 
+@pytest.mark.parity
 def test_a_superseded_completion_says_cancelled(tiny_tokenizer):
     script = tiny_tokenizer.encode("abc", add_bos=False)
     model = SlowModel(tiny_config(tiny_tokenizer.vocab_size), script, 0.02)

@@ -6,9 +6,8 @@ tasks, 160 and 989 of them starting at line 0) and HumanEval's own text, written
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from evaluation_files import write_mbpp
 
 from codegemma.evaluation.datasets import load_dataset
 from codegemma.evaluation.humaneval_data import read_humaneval
@@ -146,21 +145,6 @@ def test_humaneval_prompt_is_stripped_with_the_usual_stops(humaneval):
 
 
 # --------------------------------------------------------------------------- MBPP
-
-
-def mbpp_record(i: int) -> dict:
-    return {
-        "task_id": i,
-        "text": f"Write a function to add {i} to a number.",
-        "code": f"def add_{i}(x):\r\n    return x + {i}",
-        "test_list": [f"assert add_{i}(1) == {i + 1}", f"assert add_{i}(-{i}) == 0"],
-        "test_setup_code": "",
-        "challenge_test_list": [],
-    }
-
-
-def write_mbpp(path, ids=range(1, 975)) -> None:
-    path.write_text("".join(json.dumps(mbpp_record(i)) + "\n" for i in ids))
 
 
 def test_mbpp_test_split_and_three_shot_prompt(tmp_path):

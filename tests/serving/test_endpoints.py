@@ -131,6 +131,7 @@ def test_metrics_count_requests_and_tokens(lm):
     assert after["codegemma_requests_running"] == 0 and after["codegemma_requests_waiting"] == 0
 
 
+@pytest.mark.parity
 def test_openai_models_and_model_by_id(server):
     url, _ = server
     assert client(url).models.retrieve("tiny").id == "tiny"
@@ -139,6 +140,7 @@ def test_openai_models_and_model_by_id(server):
     assert caught.value.body["code"] == "model_not_found"
 
 
+@pytest.mark.parity
 def test_embeddings_are_normalized_mean_pooled_hidden_states(server, lm):
     url, _ = server
     texts = ["def add(a, b):\n    return a + b\n", "import os"]
@@ -166,6 +168,7 @@ def test_embeddings_are_normalized_mean_pooled_hidden_states(server, lm):
     assert ollama["prompt_eval_count"] == answer.usage.prompt_tokens
 
 
+@pytest.mark.parity
 def test_embedding_inputs_too_long(server, lm):
     url, _ = server
     long_text = "x = 1\n" * lm.context_length

@@ -50,6 +50,7 @@ def _fields(path: Path) -> dict:
     return {name: field.contents() for name, field in reader.fields.items()}, reader
 
 
+@pytest.mark.parity
 def test_metadata_is_what_llama_cpp_writes_for_gemma(files, hf_dir):
     fields, reader = _fields(files["q8_0"])
     tokenizer = Tokenizer.from_dir(hf_dir)
@@ -98,6 +99,7 @@ def _weights_by_gguf_name(hf_dir):
     return {names.gguf_name(n): t.float().numpy() for n, t in load_hf_weights(hf_dir).items()}
 
 
+@pytest.mark.parity
 def test_tensor_bytes_match_gguf_reference(hf_dir, files, tmp_path):
     weights = _weights_by_gguf_name(hf_dir)
     paths = {"f16": files["f16"], "bf16": write_gguf(hf_dir, tmp_path / "bf16.gguf", "bf16")}
@@ -128,6 +130,7 @@ def test_tensor_bytes_match_gguf_reference(hf_dir, files, tmp_path):
             assert np.linalg.norm(ours - weight) < np.linalg.norm(theirs - weight), tensor.name
 
 
+@pytest.mark.parity
 def test_q8_0_bytes_equal_ggml_quantizer(hf_dir, files):
     # ggml rounds x / d half away from zero (roundf); blocks must match it to the bit.
     weights = _weights_by_gguf_name(hf_dir)

@@ -13,7 +13,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from codegemma.serving.cluster.options import APP_NAME, ClusterOptions
 
-MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kuberay" / "rayservice.yaml"
+ROOT = Path(__file__).resolve().parents[3]  # tests/serving/cluster/ -> the repository
+MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from evaluation_files import write_mbpp
 from tiny_models import ScriptedModel, tiny_config
 
 from codegemma.engine import CodeGemma
@@ -205,8 +206,6 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_mbpp_oracle_and_wrong_answers(tmp_path):
-    from test_evaluation_data import write_mbpp
-
     path = tmp_path / "mbpp.jsonl"
     write_mbpp(path)
     dataset = load_dataset("mbpp", path)

@@ -44,6 +44,7 @@ def sse_events(response):
     return events, done
 
 
+@pytest.mark.parity
 def test_openai_completion_with_suffix_is_fim(server, lm):
     url, _ = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -59,6 +60,7 @@ def test_openai_completion_with_suffix_is_fim(server, lm):
     )
 
 
+@pytest.mark.parity
 def test_openai_streaming_pieces_join_to_the_whole(server, lm):
     url, _ = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -70,6 +72,7 @@ def test_openai_streaming_pieces_join_to_the_whole(server, lm):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parity
 def test_openai_chat_plain_and_streamed(server, lm):
     url, _ = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)

@@ -69,6 +69,7 @@ def test_load_with_adapter_gives_the_trained_logits(mqa_checkpoint, tmp_path, me
     assert len(wrapped) == (0 if merge else 6)
 
 
+@pytest.mark.parity
 def test_peft_reads_our_adapter_and_computes_the_same_logits(mqa_checkpoint, tmp_path):
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")

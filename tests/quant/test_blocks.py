@@ -31,12 +31,14 @@ def as_gguf_q4(blocks: Int4Blocks) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
+@pytest.mark.parity
 def test_int8_is_bit_exact_with_gguf_q8_0():
     w = weights()
     ours = as_gguf_q8(quantize_int8(w))
     assert np.array_equal(ours, gguf.quants.quantize(w.numpy(), Q8_0))
 
 
+@pytest.mark.parity
 def test_dequantize_equals_gguf_for_both_formats():
     w = weights(seed=1)
     q8, q4 = quantize_int8(w), quantize_int4(w)
@@ -44,6 +46,7 @@ def test_dequantize_equals_gguf_for_both_formats():
     assert np.array_equal(q4.dequantize().numpy(), gguf.quants.dequantize(as_gguf_q4(q4), Q4_0))
 
 
+@pytest.mark.parity
 def test_int4_error_never_exceeds_plain_q4_0():
     w = weights(rows=64, cols=512, seed=2)
     ours = ((quantize_int4(w).dequantize() - w) ** 2).sum()
@@ -53,6 +56,7 @@ def test_int4_error_never_exceeds_plain_q4_0():
     assert ours < 0.95 * plain  # the scale search measurably helps on Gaussian weights
 
 
+@pytest.mark.parity
 def test_interleaved_gguf_bytes_read_in_place():
     w = weights(seed=3)
     raw8 = torch.from_numpy(gguf.quants.quantize(w.numpy(), Q8_0)).view(48, -1, 34)

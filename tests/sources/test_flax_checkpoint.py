@@ -20,6 +20,8 @@ from codegemma.errors import CheckpointError
 from codegemma.sources.detect import detect_source
 from codegemma.sources.flax_checkpoint import load_flax_checkpoint
 
+pytestmark = pytest.mark.parity  # checked against another library
+
 PROMPT = "def add(a, b):\n    return a + b  # 123"
 PADDING_ROWS = 64  # like the released 256128-row embeddings for a 256000-token vocabulary
 TOLERANCE = 1e-4  # float32 logits of magnitude ~10; measured differences are at most 3.4e-5

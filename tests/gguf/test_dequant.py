@@ -13,6 +13,8 @@ from codegemma.gguf.ggml_types import GGML_TYPES, TYPES_BY_NAME
 from codegemma.gguf.reader import GGUFError
 from codegemma.quant.blocks import Int4Blocks, Int8Blocks
 
+pytestmark = pytest.mark.parity  # checked against another library
+
 # Byte offsets of the float16 scale fields in each block type. Random bytes there would often
 # be inf/NaN; real files hold finite scales, so those fields get finite random values.
 _SCALE_FIELDS = {

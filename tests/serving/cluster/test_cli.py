@@ -8,16 +8,6 @@ import textwrap
 import pytest
 
 from codegemma import cli
-from codegemma.serving import cli as serving_cli
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(args):
-        raise AssertionError("the model must not load when a flag is bad")
-
-    monkeypatch.setattr(serving_cli, "load_model", refuse)
-    monkeypatch.delenv("CODEGEMMA_API_KEY", raising=False)
 
 
 @pytest.mark.parametrize(

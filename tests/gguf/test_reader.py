@@ -66,6 +66,7 @@ def sample(tmp_path_factory):
     return _write(path, tensors, _METADATA), weight
 
 
+@pytest.mark.parity
 def test_metadata_matches_what_was_written(sample):
     path, _ = sample
     metadata = read_gguf(path).metadata
@@ -80,6 +81,7 @@ def test_metadata_matches_what_was_written(sample):
     assert np.signbit(metadata["test.floats"][1])  # -0.0 survives
 
 
+@pytest.mark.parity
 def test_tensor_table_matches_gguf_reader(sample):
     path, weight = sample
     ours = read_gguf(path)
