@@ -9,8 +9,9 @@ random multi-query and multi-head ones, GGUF files (F16, BF16, Q8_0, Q4_0), `cod
 checkpoints (int8, int4, and int8 from the Q8_0 file), a keras-hub preset and a Flax checkpoint
 (written by keras-hub and the `gemma` library themselves, when installed), Jlama directories
 (Q4, I8) and a PEFT LoRA adapter. They are built once, so that later runs load the same files.
-The builders import nothing from the tests (they repeat the keras-hub and Flax ones): `build`
-must run on the commit before a change, whatever its tests look like.
+The builders import nothing from the tests (they repeat the tests' keras-hub and Flax builders
+and tiny training loop): `build` must run on the commit before a change, whatever its tests
+look like.
 
 `run` loads each of them (and the shipped default model) under every setting: kernels "torch"
 and "native", float32 and bfloat16, quantized at load or not, and on the native kernels the
