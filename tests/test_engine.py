@@ -134,7 +134,7 @@ def scripted(tokenizer: Tokenizer, pieces: list[str]) -> CodeGemma:
         special = tokenizer.token_id(piece)
         script += [special] if special is not None else tokenizer.encode(piece, add_bos=False)
     config = tiny_config(tokenizer.vocab_size)
-    return CodeGemma(ScriptedModel(config, script).eval(), tokenizer)
+    return CodeGemma(ScriptedModel(config, script).eval(), tokenizer, speculate=0)
 
 
 @pytest.mark.parametrize(

@@ -3,23 +3,20 @@ never changes (greedy: the same tokens; sampling: the same distribution)."""
 
 import collections
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
-from tiny_models import tiny_config
+from tiny_models import REPETITIVE, tiny_config
 
 import codegemma
 from codegemma.engine import CodeGemma
+from codegemma.errors import InvalidRequestError
 from codegemma.model import GemmaForCausalLM
 from codegemma.prompts import Prompt
 from codegemma.sampling import SamplingParams
 from codegemma.speculation import NgramDrafter, accept_or_replace
-
-REPETITIVE = (
-    "def area(width, height):\n    return width * height\n\n\n"
-    "def volume(width, height, depth):\n    return width * height * depth\n\n\n"
-    "def area(width, height):\n    return"
-)
 
 
 def test_drafts_follow_the_latest_earlier_occurrence():
@@ -144,3 +141,39 @@ def test_sampling_with_speculation_draws_from_the_same_distribution(tiny_tokeniz
                 share = counts[position][token] / runs
                 assert abs(share - p) < 0.045, (speculate, position, token, share)  # ~3.5 sd
         assert (kept > runs // 4) == (speculate > 0)  # drafts were offered and often kept
+
+
+def test_the_switch_reaches_every_sequence_and_bad_values_are_refused(trained_checkpoint):
+    lm = codegemma.load(trained_checkpoint, dtype="float32", kernels="torch", speculate=0)
+    (off,), _ = run(lm, [REPETITIVE], speculate=None)
+    assert off.speculate == 0 and off.drafted == 0
+    assert codegemma.load(trained_checkpoint, kernels="torch").default_speculation == 8
+    for bad in (-1, 17, 2.5, True):
+        with pytest.raises(InvalidRequestError, match="speculate"):
+            codegemma.load(trained_checkpoint, kernels="torch", speculate=bad)
+
+
+def test_the_command_line_flag(trained_checkpoint):
+    run_cli = [sys.executable, "-c", "from codegemma.cli import main; raise SystemExit(main())"]
+    bad = subprocess.run(
+        [*run_cli, "complete", "--prefix", "x", "--speculate", "99"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--speculate: must be 0 to 16" in bad.stderr
+    ok = subprocess.run(
+        [
+            *run_cli,
+            "complete",
+            "--model",
+            str(trained_checkpoint),
+            "--prefix",
+            "def f(",
+            "--speculate",
+            "0",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr

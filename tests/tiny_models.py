@@ -35,7 +35,9 @@ def make_checkpoint(
 
 
 class ScriptedModel(GemmaForCausalLM):
-    """A model that emits a fixed token sequence (one per step) whatever the input."""
+    """A model that emits a fixed token sequence (one per step) whatever the input. Its
+    output is no function of the text, so tokens drafted from the text cannot be checked
+    against it: engines over it run with `speculate=0`."""
 
     def __init__(self, config: GemmaConfig, script: list[int]) -> None:
         super().__init__(config)
@@ -75,3 +77,12 @@ def train_tiny(model: GemmaForCausalLM, ids: torch.Tensor, steps: int = 150, see
         param.requires_grad_(False)
     torch.set_num_threads(threads)
     return model.eval()
+
+
+# Text a trained tiny model continues by repeating itself (its greedy output is periodic), so
+# tokens drafted from the text are kept: the speculation tests use it.
+REPETITIVE = (
+    "def area(width, height):\n    return width * height\n\n\n"
+    "def volume(width, height, depth):\n    return width * height * depth\n\n\n"
+    "def area(width, height):\n    return"
+)

@@ -9,12 +9,14 @@ import os
 
 from codegemma.acceleration import KERNEL_CHOICES
 from codegemma.engine import CodeGemma, load
+from codegemma.generation import DEFAULT_SPECULATION
 
 MODEL_ENV = "CODEGEMMA_MODEL"
 
 
 def model_options(parser: argparse.ArgumentParser) -> None:
-    """Add --model, --dtype, --device, --quantize, --kernels and --threads to `parser`."""
+    """Add --model, --dtype, --device, --quantize, --kernels, --threads and --speculate to
+    `parser`."""
     parser.add_argument(
         "--model",
         default=os.environ.get(MODEL_ENV),
@@ -34,6 +36,21 @@ def model_options(parser: argparse.ArgumentParser) -> None:
         help="native C kernels (auto: where the CPU supports them) or plain PyTorch",
     )
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "--speculate",
+        type=_speculation,
+        default=DEFAULT_SPECULATION,
+        metavar="N",
+        help="check up to N tokens drafted from the text itself with each step, 0 to 16 "
+        f"(0: off; default {DEFAULT_SPECULATION}); the output is the same either way",
+    )
+
+
+def _speculation(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be 0 to 16, not {value}")
+    return value
 
 
 def load_model(args: argparse.Namespace) -> CodeGemma:
@@ -46,4 +63,5 @@ def load_model(args: argparse.Namespace) -> CodeGemma:
         quantize=args.quantize,
         kernels=args.kernels,
         threads=args.threads,
+        speculate=args.speculate,
     )

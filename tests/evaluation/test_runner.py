@@ -98,7 +98,8 @@ def scripted_lm(tokenizer, pieces: list[str]) -> CodeGemma:
     for piece in pieces:
         special = tokenizer.token_id(piece)
         script += [special] if special is not None else tokenizer.encode(piece, add_bos=False)
-    return CodeGemma(ScriptedModel(tiny_config(tokenizer.vocab_size), script).eval(), tokenizer)
+    model = ScriptedModel(tiny_config(tokenizer.vocab_size), script).eval()
+    return CodeGemma(model, tokenizer, speculate=0)
 
 
 def only(name: str, task_id: str):

@@ -21,7 +21,7 @@ def slow_server(tokenizer, **options):
     """A server of a model that takes DELAY per forward pass: (url, scheduler, model)."""
     script = tokenizer.encode("abc", add_bos=False)  # repeats its last token: never stops
     model = SlowModel(tiny_config(tokenizer.vocab_size), script, DELAY)
-    lm = CodeGemma(model, tokenizer, name="tiny")
+    lm = CodeGemma(model, tokenizer, name="tiny", speculate=0)
     with running_server(lm, **options) as (url, scheduler):
         yield url, scheduler, model
 

@@ -72,7 +72,7 @@ def test_tokenize_and_detokenize_round_trip(server, lm):
 def test_slots_show_running_sequences(tiny_tokenizer):
     script = tiny_tokenizer.encode("abc", add_bos=False)
     model = SlowModel(tiny_config(tiny_tokenizer.vocab_size), script, 0.02)
-    lm = CodeGemma(model, tiny_tokenizer, name="tiny")
+    lm = CodeGemma(model, tiny_tokenizer, name="tiny", speculate=0)
     with running_server(lm, max_active=2) as (url, _):
         idle = httpx.get(f"{url}/slots").json()
         assert [s["is_processing"] for s in idle] == [False, False]

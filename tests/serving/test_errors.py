@@ -149,7 +149,7 @@ def test_a_failing_request_does_not_affect_others(tiny_tokenizer):
     poison = tiny_tokenizer.encode("zebra", add_bos=False)[0]
     script = tiny_tokenizer.encode("abc abc abc abc", add_bos=False)
     model = PoisonedModel(tiny_config(tiny_tokenizer.vocab_size), script, poison)
-    lm = CodeGemma(model, tiny_tokenizer, name="tiny")
+    lm = CodeGemma(model, tiny_tokenizer, name="tiny", speculate=0)
     with running_server(lm) as (url, scheduler):
         bad = post(url, "/completion", {"prompt": "zebra", "n_predict": 4})
         assert bad.status_code == 500 and "failed" in bad.json()["error"]["message"]

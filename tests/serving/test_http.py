@@ -200,7 +200,7 @@ def test_ignore_eos_generates_every_token_asked_for(tiny_tokenizer):
 
     script = [tiny_tokenizer.eos_id]
     model = ScriptedModel(tiny_config(tiny_tokenizer.vocab_size), script)
-    with running_server(CodeGemma(model, tiny_tokenizer, name="tiny")) as (url, _):
+    with running_server(CodeGemma(model, tiny_tokenizer, name="tiny", speculate=0)) as (url, _):
         body = {"input_prefix": "x", "input_suffix": "", "n_predict": 5}
         stopped = httpx.post(f"{url}/infill", json=body, timeout=30).json()
         assert stopped["tokens_predicted"] == 1 and stopped["stop_type"] == "eos"

@@ -340,7 +340,7 @@ def test_context_chunks_that_do_not_fit_are_dropped_farthest_first(url, lm, tiny
 def test_a_superseded_completion_says_cancelled(tiny_tokenizer):
     script = tiny_tokenizer.encode("abc", add_bos=False)
     model = SlowModel(tiny_config(tiny_tokenizer.vocab_size), script, 0.02)
-    lm = CodeGemma(model, tiny_tokenizer, name="tiny")
+    lm = CodeGemma(model, tiny_tokenizer, name="tiny", speculate=0)
     with running_server(lm) as (url, _):
         first = {}
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from serving_helpers import SlowModel, lively_engine
-from tiny_models import tiny_config
+from tiny_models import REPETITIVE, tiny_config
 
 import codegemma
 from codegemma.engine import CodeGemma
@@ -206,7 +206,7 @@ def test_newline_deadline():
 def test_a_running_job_superseded_by_its_client_stops_within_one_step(tiny_tokenizer):
     script = tiny_tokenizer.encode("abc", add_bos=False)  # never stops on its own
     model = SlowModel(tiny_config(tiny_tokenizer.vocab_size), script, delay=0.02)
-    scheduler = scheduler_for(CodeGemma(model, tiny_tokenizer, name="tiny"))
+    scheduler = scheduler_for(CodeGemma(model, tiny_tokenizer, name="tiny", speculate=0))
     try:
         old_events, new_events = queue.Queue(), queue.Queue()
         old = scheduler.submit(
@@ -234,8 +234,10 @@ def final_event(events):
             return event
 
 
-def test_requests_decoding_together_share_each_forward_pass(native_lm, monkeypatch):
+def test_requests_decoding_together_share_each_forward_pass(trained_checkpoint, monkeypatch):
     # continuous batching: with 4 requests decoding, a step is one pass over 4 rows, not 4
+    # (no speculation here, so every pass carries one row per sequence)
+    lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="native", speculate=0)
     rows = []
     run = DecodeStep.run
 
@@ -244,10 +246,12 @@ def test_requests_decoding_together_share_each_forward_pass(native_lm, monkeypat
         return run(self, model, x, *args)
 
     monkeypatch.setattr(DecodeStep, "run", counting)
-    scheduler = make_scheduler(native_lm, max_active=4)
+    scheduler = make_scheduler(lm, max_active=4)
     events = [queue.Queue() for _ in range(4)]
+    prompts = 0
     for i, box in enumerate(events):  # queued before the worker starts: they run together
         request = GenerationRequest(TextInput(f"x{i} = "), max_tokens=24, ignore_eos=True)
+        prompts += len(scheduler.build(request).ids)
         scheduler.submit(request, box.put)
     scheduler.start()
     try:
@@ -255,11 +259,30 @@ def test_requests_decoding_together_share_each_forward_pass(native_lm, monkeypat
     finally:
         scheduler.close()
     assert [d.result.completion_tokens for d in done] == [24] * 4
-    passes = scheduler.engine.forward_passes
-    assert rows.count(4) >= 20  # nearly every decode pass carried all four sequences
-    assert len(rows) <= 24 + 3  # one pass per step, not one per sequence (4 x 23 = 92)
-    assert passes == len(rows) + 4  # plus each prompt's own pass
-    assert sum(rows) == 4 * 23  # every token but each first one came from a decode pass
+    # the four short prompts in one pass, then one pass per step for all four (not 4 x 23)
+    assert rows == [prompts] + [4] * 23
+    assert scheduler.engine.forward_passes == len(rows)
+
+
+def test_speculation_inside_the_server_engine_changes_no_answer(trained_checkpoint):
+    # text the model repeats: drafted tokens are checked in the server's batched decode passes
+    text = REPETITIVE
+    answers, passes = {}, {}
+    for speculate in (0, 8):
+        lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="native")
+        lm.default_speculation = speculate
+        scheduler = scheduler_for(lm)
+        try:
+            boxes = [queue.Queue() for _ in range(3)]
+            for box in boxes:
+                request = GenerationRequest(TextInput(text), max_tokens=40, ignore_eos=True)
+                scheduler.submit(request, box.put)
+            answers[speculate] = [final_event(box).result.text for box in boxes]
+        finally:
+            scheduler.close()
+        passes[speculate] = scheduler.engine.forward_passes
+    assert answers[8] == answers[0]
+    assert passes[8] < passes[0]
 
 
 def test_a_prompt_delays_decoding_by_at_most_one_chunk(lm, monkeypatch):

@@ -135,6 +135,7 @@ def _serve_cluster(args: argparse.Namespace, api_key: str | None) -> int:
         device=args.device,
         quantize=args.quantize,
         kernels=args.kernels,
+        speculate=args.speculate,
         threads=args.threads or max(1, (os.cpu_count() or 1) // replicas),
         replicas=replicas,
         alias=args.alias,

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from codegemma.fim import DEFAULT_FIM_MODE, FimMode
-from codegemma.generation import PREFILL_CHUNK
+from codegemma.generation import DEFAULT_SPECULATION, PREFILL_CHUNK
 from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE
 
 APP_NAME = "codegemma"  # the Serve application's name
@@ -25,6 +25,7 @@ class ClusterOptions:
     quantize: str | None = None  # "int8" or "int4" at load
     kernels: str = "auto"  # native C kernels where the CPU has them, or "torch"
     threads: int = 1  # PyTorch threads per replica, and the CPUs Ray reserves for it
+    speculate: int = DEFAULT_SPECULATION  # tokens drafted from the text per step, at most
     replicas: int = 2  # engine replicas (each holds the model and its own KV caches)
     alias: str = "codegemma"  # the model name clients use
     fim_mode: FimMode = DEFAULT_FIM_MODE  # FIM order when a request does not say
@@ -61,6 +62,8 @@ class ClusterOptions:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.imbalance is not None and self.imbalance < 0:
             raise ValueError(f"imbalance must not be negative, got {self.imbalance}")
+        if not 0 <= self.speculate <= 16:
+            raise ValueError(f"speculate must be 0 to 16, got {self.speculate}")
         if self.cache_mib < 0 or self.retries < 0 or not self.max_body_mib > 0:
             raise ValueError("cache_mib and retries must not be negative, max_body_mib positive")
 

@@ -136,6 +136,7 @@ def _load(options: ClusterOptions):
         quantize=options.quantize,
         kernels=options.kernels,
         threads=options.threads,
+        speculate=options.speculate,
     )
 
 
