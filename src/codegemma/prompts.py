@@ -52,6 +52,7 @@ class Prompt:
     truncated_tokens: int = 0  # prompt tokens left out to fit, or to start at a stable line
     dropped_files: int = 0  # context files left out to fit
     dropped_file_tokens: int = 0  # their tokens
+    retrieval_ms: float = 0.0  # time spent choosing repository context for it (serve --repo)
 
 
 class _Piece:

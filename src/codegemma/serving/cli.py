@@ -20,8 +20,10 @@ from typing import NoReturn
 from codegemma.fim import DEFAULT_FIM_MODE
 from codegemma.generation import PREFILL_CHUNK
 from codegemma.model_args import load_model, model_options
+from codegemma.retrieval.context import default_budget
 from codegemma.serving.cluster import launch
 from codegemma.serving.cluster.options import ClusterOptions
+from codegemma.serving.repo import RepoSource
 from codegemma.serving.scheduler import DEFAULT_MAX_ACTIVE, Scheduler
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
@@ -107,6 +109,17 @@ def register(commands) -> None:
         help="join this Ray cluster (started with `ray start`; e.g. auto or HOST:6379) instead of "
         "starting one here; implies --replicas 1 unless given",
     )
+    serve.add_argument(
+        "--repo",
+        type=Path,
+        help="put chunks of this repository's other files before each FIM prompt (extra "
+        "'repo'; indexed at start and kept up to date, see `codegemma index`)",
+    )
+    serve.add_argument(
+        "--repo-tokens",
+        type=_count(0),
+        help="tokens of --repo context a request (default: a third of the context, at most 1024)",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -114,6 +127,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         api_key = _api_key(args)
         _check_threads(args.threads)
+        _check_repo(args)
         sock = _listen(args.host, args.port)
     except ValueError as exc:
         print(f"codegemma serve: error: {exc}", file=sys.stderr)
@@ -171,6 +185,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -
         fim_mode=args.fim_mode,
         stable_prefix=not args.no_stable_prefix,
         loader=lambda: load_model(args),  # after an unload (Ollama keep_alive 0)
+        repo=_repo(args, lm),
     ).start()
     del lm  # the scheduler owns it: an unload frees it
     app = create_app(
@@ -188,6 +203,21 @@ def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -
     finally:
         scheduler.close()
     return 0
+
+
+def _repo(args: argparse.Namespace, lm) -> RepoSource | None:
+    """The repository context source of --repo (indexed now, incrementally), or None."""
+    if args.repo is None:
+        return None
+    budget = args.repo_tokens if args.repo_tokens is not None else default_budget(lm.context_length)
+    source = RepoSource(args.repo, lm.tokenizer, budget)
+    report = source.report
+    print(
+        f"{args.repo}: {report.files} files, {report.chunks} chunks indexed for context "
+        f"({budget} tokens a request)",
+        file=sys.stderr,
+    )
+    return source
 
 
 def _one_line_error(message: str) -> NoReturn:
@@ -256,6 +286,17 @@ def _api_key(args: argparse.Namespace) -> str | None:
     if not key:
         raise ValueError(f"--api-key-file: {args.api_key_file} holds no key on its first line")
     return key
+
+
+def _check_repo(args: argparse.Namespace) -> None:
+    if args.repo is None:
+        if args.repo_tokens is not None:
+            raise ValueError("--repo-tokens needs --repo")
+        return
+    if not args.repo.is_dir():
+        raise ValueError(f"--repo: {args.repo} is not a directory")
+    if args.replicas or args.ray_address:
+        raise ValueError("--repo serves one process: it cannot be combined with --replicas")
 
 
 def _check_threads(threads: int | None) -> None:

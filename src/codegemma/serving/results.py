@@ -42,6 +42,7 @@ class Result:
     truncated_tokens: int  # prompt tokens left out to fit or to start at a stable line
     dropped_files: int = 0  # context files (llama.cpp `input_extra` chunks) left out to fit
     dropped_file_tokens: int = 0  # their tokens
+    retrieval_ms: float = 0.0  # choosing repository context for the prompt (serve --repo)
     index: int = 0  # which of the request's candidates
     token_ids: tuple[int, ...] = ()  # generated ids, a stop token excluded
     logprobs: tuple[TokenChoice, ...] | None = None  # per generated token, when asked

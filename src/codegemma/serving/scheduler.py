@@ -37,6 +37,7 @@ from codegemma.prompts import Prompt
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.prefix_cache import PrefixCache
 from codegemma.serving.prompts import build_prompt
+from codegemma.serving.repo import RepoSource
 from codegemma.serving.requests import GenerationRequest, RequestError
 from codegemma.serving.results import (
     Done,
@@ -129,12 +130,14 @@ class Scheduler:
         stable_prefix: bool = True,
         threads: int | None = None,
         loader: Callable[[], CodeGemma] | None = None,
+        repo: RepoSource | None = None,
     ) -> None:
         if max_active < 1 or prefill_chunk < 1:
             raise ValueError("max_active and prefill_chunk must be positive")
         self.max_active = max_active
         self.fim_mode = fim_mode
         self.stable_prefix = stable_prefix
+        self.repo = repo  # repository context for FIM prompts (serve --repo)
         self.prefill_chunk = prefill_chunk
         self.cache_bytes = cache_bytes
         self.tokenizer: Tokenizer = lm.tokenizer  # kept while the model is unloaded
@@ -183,7 +186,11 @@ class Scheduler:
         """The prompt of `request` (raises RequestError); linear in its size, run by the
         caller's thread, never the model's."""
         return build_prompt(
-            self.lm, request, fim_mode=self.fim_mode, stable_prefix=self.stable_prefix
+            self.lm,
+            request,
+            fim_mode=self.fim_mode,
+            stable_prefix=self.stable_prefix,
+            repo=self.repo,
         )
 
     def submit(
@@ -494,6 +501,7 @@ class Scheduler:
             truncated_tokens=job.prompt.truncated_tokens,
             dropped_files=job.prompt.dropped_files,
             dropped_file_tokens=job.prompt.dropped_file_tokens,
+            retrieval_ms=job.prompt.retrieval_ms,
             index=job.index,
             token_ids=token_ids,
             logprobs=(

@@ -104,6 +104,7 @@ def timings(result: Result) -> dict:
         "predicted_per_second": (
             1000 * predicted / result.generation_ms if result.generation_ms else 0.0
         ),
+        "retrieval_ms": result.retrieval_ms,  # ours: repository context (serve --repo)
     }
 
 
