@@ -80,30 +80,55 @@ CG_INLINE void rows_bf16(const uint16_t *w, int64_t row_stride, const int R, con
         for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = _mm512_reduce_add_ps(acc[r][m]);
 #elif defined(CG_BF16_UNPACK)
     /* x comes permuted in steps of 16 (see permute_for_unpack): one unpack of the weights
-     * against zeros widens 8 bfloat16 values to float32, in the order x was given. The two
-     * halves of a step go to two accumulators (two FMA chains per row, not one of twice the
-     * length), summed at the end. */
-    __m256 acc[4][CG_MAX_M], acc2[4][CG_MAX_M];
+     * against zeros widens 8 bfloat16 values to float32, in the order x was given. Every
+     * (row, input row) sums on four FMA chains, 8 values each per step of 32 (two chains
+     * would leave one-row decode waiting on FMA latency: ~20% slower); the four register
+     * sets of several pairs do not fit, so the input rows go two at a time over the weight
+     * row, which stays in the cache meanwhile. The same arithmetic for every R and M. */
+    if (R > 1 && M > 1) __builtin_unreachable(); /* callers: R = 2 only for one input row */
     const __m256i zero = _mm256_setzero_si256();
-    for (int r = 0; r < R; r++)
-        for (int m = 0; m < M; m++) acc[r][m] = acc2[r][m] = _mm256_setzero_ps();
-    for (; i + 16 <= k; i += 16) {
-        __m256 lo[4], hi[4];
-        for (int r = 0; r < R; r++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + i));
-            lo[r] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw));
-            hi[r] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw));
-        }
-        for (int m = 0; m < M; m++) {
-            __m256 x0 = _mm256_loadu_ps(x + m * k + i), x1 = _mm256_loadu_ps(x + m * k + i + 8);
+    for (int m0 = 0; m0 < M; m0 += 2) {
+        const int T = M - m0 < 2 ? M - m0 : 2; /* input rows this pass */
+        __m256 acc[8][4]; /* R * T <= 2 when it runs; the bound covers every instance */
+        for (int p = 0; p < R * T; p++)
+            for (int c = 0; c < 4; c++) acc[p][c] = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 32 <= k; j += 32)
             for (int r = 0; r < R; r++) {
-                acc[r][m] = _mm256_fmadd_ps(lo[r], x0, acc[r][m]);
-                acc2[r][m] = _mm256_fmadd_ps(hi[r], x1, acc2[r][m]);
+                const uint16_t *wr = w + r * row_stride + j;
+                __m256i a = _mm256_loadu_si256((const __m256i *)wr);
+                __m256i b = _mm256_loadu_si256((const __m256i *)(wr + 16));
+                __m256 part[4] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a)),
+                                  _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a)),
+                                  _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b)),
+                                  _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b))};
+                for (int t = 0; t < T; t++) {
+                    const float *xt = x + (m0 + t) * k + j;
+                    __m256 *sums = acc[r * T + t];
+                    for (int c = 0; c < 4; c++)
+                        sums[c] = _mm256_fmadd_ps(part[c], _mm256_loadu_ps(xt + 8 * c), sums[c]);
+                }
             }
-        }
+        if (j + 16 <= k)
+            for (int r = 0; r < R; r++) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + j));
+                __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a));
+                __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a));
+                for (int t = 0; t < T; t++) {
+                    const float *xt = x + (m0 + t) * k + j;
+                    __m256 *sums = acc[r * T + t];
+                    sums[0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xt), sums[0]);
+                    sums[1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xt + 8), sums[1]);
+                }
+            }
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) {
+                __m256 *sums = acc[r * T + t];
+                out[r * CG_MAX_M + m0 + t] = hsum(
+                    _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3])));
+            }
     }
-    for (int r = 0; r < R; r++)
-        for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = hsum(_mm256_add_ps(acc[r][m], acc2[r][m]));
+    i = k - k % 16;
 #else
     for (int r = 0; r < R; r++)
         for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = 0.0f;
@@ -254,9 +279,11 @@ CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int
 #elif defined(__AVX512F__)
         const int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #else
-        /* one weight row at a time streams fastest for one input row here too (rows 4 KB
-         * apart read ~25% slower on AVX2, measured) */
-        const int R = M == 2 ? 2 : 1;
+        /* one input row: one weight row at a time streams fastest (two rows 4 KB apart read
+         * ~25% slower on AVX2, measured), except past 8K inputs, where x outgrows the L1 cache
+         * and two rows at a time read it half as often; the arithmetic per row is the same
+         * for every R */
+        const int R = M == 1 && a->K > 8192 ? 2 : 1;
 #endif
         const int64_t stride = a->value_row / 2;
         float outs[4 * CG_MAX_M];
