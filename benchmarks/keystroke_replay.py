@@ -152,6 +152,10 @@ def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -
         "cached": timings.get("cache_n", final.get("tokens_cached")),
         "predicted": timings.get("predicted_n"),
         "truncated": final.get("truncated"),
+        # client-side time per token after the first, and what the server says it spent
+        "per_token_ms": (total - (first or total)) * 1000 / max(1, n_predict - 1),
+        "server_prompt_ms": timings.get("prompt_ms"),
+        "server_token_ms": timings.get("predicted_per_token_ms"),
     }
 
 
@@ -175,6 +179,9 @@ def summarize(records: list[dict]) -> dict:
         "total_s": stats("total_s"),
         "recomputed": median("recomputed"),
         "prompt": median("prompt"),
+        "per_token_ms": median("per_token_ms"),
+        "server_prompt_ms": median("server_prompt_ms"),
+        "server_token_ms": median("server_token_ms"),
     }
 
 
@@ -203,6 +210,7 @@ def engines(args) -> dict[str, Engine]:
     launcher = "from codegemma.cli import main; raise SystemExit(main())"
     ours = [sys.executable, "-c", launcher, "serve", "--model", str(args.model)]
     ours += ["--threads", str(args.threads), "--host", "127.0.0.1", "--log-level", "warning"]
+    ours += shlex.split(args.our_args)
     out[OURS] = Engine(lambda port: [*ours, "--port", str(port)], peer=False)
     for variant in args.variant:
         label, _, tree = variant.partition("=")
@@ -294,9 +302,9 @@ def render(args, source: str, line: int, results: dict) -> str:
         "request. 'x ours' is the peer's median divided by ours (higher: ours is faster).",
         "",
         "| client | server | requests | first TTFT s | TTFT median s | TTFT p90 s | "
-        "total median s | total p90 s | prompt tokens | recomputed tokens | "
-        "TTFT x ours | total x ours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "total median s | total p90 s | prompt tokens | recomputed tokens | per token ms | "
+        "server: prompt ms / token ms | TTFT x ours | total x ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for style, by_engine in results.items():
         ours = by_engine.get(OURS, {}).get("summary")
@@ -308,13 +316,18 @@ def render(args, source: str, line: int, results: dict) -> str:
                 f"| {style} | {name} | {s['requests']} | {s['first_ttft_s']:.2f} | "
                 f"{s['ttft_s'][0]:.3f} | {s['ttft_s'][1]:.3f} | {s['total_s'][0]:.3f} | "
                 f"{s['total_s'][1]:.3f} | {_count(s['prompt'])} | {_count(s['recomputed'])} | "
-                f"{ttft} | {total} |"
+                f"{_ms(s.get('per_token_ms'))} | {_ms(s.get('server_prompt_ms'))} / "
+                f"{_ms(s.get('server_token_ms'))} | {ttft} | {total} |"
             )
     return "\n".join(out) + "\n"
 
 
 def _ratio(theirs: float, ours: float) -> str:
     return f"{theirs / ours:.1f}x" if ours else "-"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _count(value: float | None) -> str:
@@ -330,6 +343,9 @@ def main() -> int:
         "--peer-spm", action="store_true", help="also run llama-server --spm-infill"
     )
     parser.add_argument("--peer-args", default="", help="extra llama-server arguments, one string")
+    parser.add_argument(
+        "--our-args", default="", help="extra `codegemma serve` arguments, one string"
+    )
     parser.add_argument("--source", type=Path, default=Path(shlex.__file__), help="file to re-type")
     parser.add_argument(
         "--line", type=int, default=200, help="re-type the first long line from here"

@@ -8,7 +8,8 @@
 For each precision (our int4 / int8 checkpoint against the GGUF Q4_0 / Q8_0 file of the same
 random CodeGemma-2B weights), each server runs alone on loopback: ours with
 `--max-active CLIENTS`, llama-server with `-np CLIENTS` (continuous batching, its default).
-Two workloads, greedy with `ignore_eos` (random weights would stop anywhere), streamed:
+Two workloads, greedy with `ignore_eos` (random weights would stop anywhere), streamed, no
+speculation on either side (random weights repeat themselves, which drafts would exploit):
 an editor mix (each request a ~250-token slice of a real source file, 48 new tokens) and a
 decode-heavy one (a few lines, ~20 tokens, 96 new tokens). Each workload runs with one client,
 then with CLIENTS clients at once, each sending `--requests` requests one after another.
@@ -36,8 +37,8 @@ from speed import AVX2_ENV, isa_environment, llama_build_dir, machine, publish
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = {  # name -> (prompt characters, new tokens)
-    "editor mix": (900, 48),  # ~250 tokens of code with the synthetic 256k vocabulary
-    "decode-heavy": (70, 96),  # a few lines, ~20 tokens
+    "editor mix": (400, 48),  # ~250 tokens of code with the synthetic 256k vocabulary
+    "decode-heavy": (35, 96),  # a line or two, ~20 tokens
 }
 
 
@@ -121,6 +122,7 @@ def servers(args, bits: int, llama_bin: Path | None) -> dict[str, list[str]]:
     ours = [sys.executable, "-c", "from codegemma.cli import main; raise SystemExit(main())"]
     ours += ["serve", "--model", str(args.work / f"int{bits}"), "--threads", str(args.threads)]
     ours += ["--max-active", str(args.clients), "--host", "127.0.0.1", "--log-level", "warning"]
+    ours += ["--speculate", "0"]  # random weights repeat themselves; the peer drafts nothing
     out = {f"codegemma int{bits}": ours}
     if llama_bin is not None:
         gguf = args.work / f"model-q{bits}_0.gguf"
