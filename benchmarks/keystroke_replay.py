@@ -19,6 +19,10 @@ Bounded: at most one request per 4 characters of the line (or `--max-requests`) 
 when it starts (a peer three times ours), checked before each request, so a run that ends
 early leaves its time to the later ones; a request still in flight then finishes (it is
 bounded by `--timeout`). Our server replays the keystrokes the peer got through.
+
+`--isa avx2` runs both servers as on a CPU with AVX2/FMA/F16C and no AVX-512 (our kernels
+built for haswell, PyTorch limited by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA; give
+`--llama-server` a llama.cpp built with GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from speed import AVX2_ENV, isa_environment
 
 from codegemma.cpu import cpu_model
 
@@ -197,24 +202,25 @@ class Engine:
 def engines(args) -> dict[str, Engine]:
     """Name -> server, peers first (loopback only)."""
     out = {}
+    base = isa_environment(args.isa, None)
     if args.llama_server:
         peer = [str(args.llama_server), "-m", str(args.gguf), "-t", str(args.threads)]
         peer += ["-tb", str(args.threads), "-c", str(args.context), "--host", "127.0.0.1"]
         peer += shlex.split(args.peer_args)
-        out["llama-server"] = Engine(lambda port: [*peer, "--port", str(port)], peer=True)
+        out["llama-server"] = Engine(lambda port: [*peer, "--port", str(port)], peer=True, env=base)
         if args.peer_spm:
             spm = [*peer, "--spm-infill"]
             out["llama-server --spm-infill"] = Engine(
-                lambda port: [*spm, "--port", str(port)], peer=True
+                lambda port: [*spm, "--port", str(port)], peer=True, env=base
             )
     launcher = "from codegemma.cli import main; raise SystemExit(main())"
     ours = [sys.executable, "-c", launcher, "serve", "--model", str(args.model)]
     ours += ["--threads", str(args.threads), "--host", "127.0.0.1", "--log-level", "warning"]
     ours += shlex.split(args.our_args)
-    out[OURS] = Engine(lambda port: [*ours, "--port", str(port)], peer=False)
+    out[OURS] = Engine(lambda port: [*ours, "--port", str(port)], peer=False, env=base)
     for variant in args.variant:
         label, _, tree = variant.partition("=")
-        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve() / "src")}
+        env = {**base, "PYTHONPATH": str(Path(tree).resolve() / "src")}
         out[f"{OURS} ({label})"] = Engine(out[OURS].command, peer=False, env=env)
     return out
 
@@ -289,11 +295,16 @@ def render(args, source: str, line: int, results: dict) -> str:
         at = shown.index("--from-results")
         del shown[at : at + 2]
     command = "python benchmarks/keystroke_replay.py " + shlex.join(shown)
+    isa = (
+        "AVX2 only, emulated (" + ", ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")"
+        if args.isa == "avx2"
+        else "this CPU (native builds)"
+    )
     out = [
         f"## {when} — keystroke replay against llama-server ({machine()}, "
         f"{args.threads} threads each)",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`. CPU class: {isa}.",
         "",
         f"Re-typing line {line + 1} of {args.source.name} ({len(lines)} lines; the line has "
         f"{len(lines[line])} characters): one streamed `/infill` every 4 keystrokes, prefix up "
@@ -362,6 +373,7 @@ def main() -> int:
         default=[],
         help="LABEL=TREE: also run our server from another checkout's src/ (an A/B run)",
     )
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     parser.add_argument("--work", type=Path, default=Path("/tmp/keystroke-replay"))
     parser.add_argument("--no-append", action="store_true", help="do not add to BENCHMARKS.md")
     parser.add_argument("--from-results", type=Path, help="only render (and append) a results.json")
