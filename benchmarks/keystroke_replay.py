@@ -11,8 +11,9 @@ styles: one that slides its prefix window (the last 3000 characters before the c
 editor plugins do) and one that keeps the window's start fixed. Each server runs alone on the
 machine, restarted for each style so no style inherits the other's cache, and binds loopback
 only. Reports time to first streamed token and total latency (median and p90 over the
-requests after the first), and prompt tokens recomputed per request; prints a table with
-ratios to this server and appends it to BENCHMARKS.md.
+requests after the first), and prompt tokens recomputed per request; then times the engine's
+own decode step (no server) at the replay's prompt length, which a served token should cost;
+prints a table with ratios to this server and appends it to BENCHMARKS.md.
 
 Bounded: at most one request per 4 characters of the line (or `--max-requests`) per run, and
 `--budget-s` seconds in all: each run (server start included) gets a share of what is left
@@ -281,6 +282,41 @@ def replay_all(args, source: str, line: int) -> dict[str, dict[str, dict]]:
     return results
 
 
+ENGINE_STEP = """
+import statistics, sys, time
+import torch
+import codegemma
+from codegemma.prompts import Prompt
+
+model, tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+lm = codegemma.load(model, threads=threads, speculate=0)
+ids = torch.randint(1000, 255000, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+engine = lm.batch()
+sequence = lm.sequence(Prompt(ids, ()), max_new_tokens=40, ignore_eos=True)
+engine.add(sequence)
+times = []
+with torch.inference_mode():
+    while sequence.generated == 0:
+        engine.step()
+    for _ in range(20):
+        started = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - started)
+print(statistics.median(times) * 1000)
+"""
+
+
+def engine_step_ms(args, tokens: int) -> float:
+    """The engine's own decode step (median of 20, no server) for one sequence with `tokens`
+    tokens in its cache: what a served token should cost. A fresh process, the servers' CPU
+    class and threads."""
+    command = [sys.executable, "-c", ENGINE_STEP, str(args.model), str(tokens), str(args.threads)]
+    out = subprocess.run(
+        command, env=isa_environment(args.isa, None), capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def machine() -> str:
     """CPU model and core count."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
@@ -318,6 +354,8 @@ def render(args, source: str, line: int, results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for style, by_engine in results.items():
+        if style.startswith("_"):
+            continue
         ours = by_engine.get(OURS, {}).get("summary")
         for name, entry in by_engine.items():
             s = entry["summary"]
@@ -330,6 +368,19 @@ def render(args, source: str, line: int, results: dict) -> str:
                 f"{_ms(s.get('per_token_ms'))} | {_ms(s.get('server_prompt_ms'))} / "
                 f"{_ms(s.get('server_token_ms'))} | {ttft} | {total} |"
             )
+    step = results.get("_engine_step")
+    if step:
+        out += [
+            "",
+            f"The engine's decode step alone (no server, a fresh process, {step['tokens']} "
+            f"tokens cached, median of 20): {step['ms']:.1f} ms. Ours per token against it:",
+        ]
+        for style, by_engine in results.items():
+            s = by_engine.get(OURS, {}).get("summary") if not style.startswith("_") else None
+            if s and s.get("per_token_ms"):
+                server = s.get("server_token_ms")
+                shown = f", server-side {server / step['ms']:.2f}x" if server else ""
+                out.append(f"- {style}: client-side {s['per_token_ms'] / step['ms']:.2f}x{shown}")
     return "\n".join(out) + "\n"
 
 
@@ -376,6 +427,11 @@ def main() -> int:
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     parser.add_argument("--work", type=Path, default=Path("/tmp/keystroke-replay"))
     parser.add_argument("--no-append", action="store_true", help="do not add to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-engine-step",
+        action="store_true",
+        help="do not time the engine's own decode step at the replay's prompt length",
+    )
     parser.add_argument("--from-results", type=Path, help="only render (and append) a results.json")
     args = parser.parse_args()
     if args.llama_server and not args.gguf:
@@ -387,6 +443,12 @@ def main() -> int:
         results = json.loads(args.from_results.read_text())
     else:
         results = replay_all(args, source, line)
+        prompts = [r[OURS]["summary"]["prompt"] for r in results.values() if OURS in r]
+        prompts = [p for p in prompts if p]
+        if prompts and not args.no_engine_step:
+            tokens = round(statistics.median(prompts))
+            results["_engine_step"] = {"tokens": tokens, "ms": engine_step_ms(args, tokens)}
+            (args.work / "results.json").write_text(json.dumps(results, indent=1))
     report = render(args, source, line, results)
     print(report)
     if not args.no_append:
