@@ -162,6 +162,8 @@ def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout: float) -
         "per_token_ms": (total - (first or total)) * 1000 / max(1, n_predict - 1),
         "server_prompt_ms": timings.get("prompt_ms"),
         "server_token_ms": timings.get("predicted_per_token_ms"),
+        "drafted": timings.get("draft_n"),  # speculation: tokens drafted and checked
+        "accepted": timings.get("draft_n_accepted"),
     }
 
 
@@ -188,6 +190,8 @@ def summarize(records: list[dict]) -> dict:
         "per_token_ms": median("per_token_ms"),
         "server_prompt_ms": median("server_prompt_ms"),
         "server_token_ms": median("server_token_ms"),
+        "drafted": sum(r.get("drafted") or 0 for r in warm),
+        "accepted": sum(r.get("accepted") or 0 for r in warm),
     }
 
 
@@ -219,6 +223,12 @@ def engines(args) -> dict[str, Engine]:
     ours += ["--threads", str(args.threads), "--host", "127.0.0.1", "--log-level", "warning"]
     ours += shlex.split(args.our_args)
     out[OURS] = Engine(lambda port: [*ours, "--port", str(port)], peer=False, env=base)
+    for variant in args.our_variant:
+        label, _, extra = variant.partition("=")
+        more = [*ours, *shlex.split(extra)]
+        out[f"{OURS} ({label})"] = Engine(
+            lambda port, more=more: [*more, "--port", str(port)], peer=False, env=base
+        )
     for variant in args.variant:
         label, _, tree = variant.partition("=")
         env = {**base, "PYTHONPATH": str(Path(tree).resolve() / "src")}
@@ -290,9 +300,10 @@ from codegemma.prompts import Prompt
 
 model, tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 lm = codegemma.load(model, threads=threads, speculate=0)
-ids = torch.randint(1000, 255000, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+vocab = lm.config.vocab_size
+ids = torch.randint(vocab // 4, vocab, (tokens,), generator=torch.Generator().manual_seed(0))
 engine = lm.batch()
-sequence = lm.sequence(Prompt(ids, ()), max_new_tokens=40, ignore_eos=True)
+sequence = lm.sequence(Prompt(ids.tolist(), ()), max_new_tokens=22, ignore_eos=True)
 engine.add(sequence)
 times = []
 with torch.inference_mode():
@@ -324,7 +335,10 @@ def machine() -> str:
 
 def render(args, source: str, line: int, results: dict) -> str:
     """A markdown section: one row per server and client style, with ratios to ours."""
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = results.get("_when") or _now()
+    peers = {n for style, r in results.items() if not style.startswith("_") for n in r}
+    peers = {n for n in peers if not n.startswith(OURS)}
+    against = "against " + ", ".join(sorted(peers)) if peers else "of our server alone"
     lines = source.splitlines()
     shown = [a for a in sys.argv[1:] if a != "--no-append"]
     if "--from-results" in shown:  # name the measuring run, not the re-rendering
@@ -337,8 +351,7 @@ def render(args, source: str, line: int, results: dict) -> str:
         else "this CPU (native builds)"
     )
     out = [
-        f"## {when} — keystroke replay against llama-server ({machine()}, "
-        f"{args.threads} threads each)",
+        f"## {when} — keystroke replay {against} ({machine()}, {args.threads} threads each)",
         "",
         f"Command: `{command}`. CPU class: {isa}.",
         "",
@@ -350,8 +363,8 @@ def render(args, source: str, line: int, results: dict) -> str:
         "",
         "| client | server | requests | first TTFT s | TTFT median s | TTFT p90 s | "
         "total median s | total p90 s | prompt tokens | recomputed tokens | per token ms | "
-        "server: prompt ms / token ms | TTFT x ours | total x ours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "server: prompt ms / token ms | drafts kept | TTFT x ours | total x ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for style, by_engine in results.items():
         if style.startswith("_"):
@@ -366,22 +379,46 @@ def render(args, source: str, line: int, results: dict) -> str:
                 f"{s['ttft_s'][0]:.3f} | {s['ttft_s'][1]:.3f} | {s['total_s'][0]:.3f} | "
                 f"{s['total_s'][1]:.3f} | {_count(s['prompt'])} | {_count(s['recomputed'])} | "
                 f"{_ms(s.get('per_token_ms'))} | {_ms(s.get('server_prompt_ms'))} / "
-                f"{_ms(s.get('server_token_ms'))} | {ttft} | {total} |"
+                f"{_ms(s.get('server_token_ms'))} | {_kept(s)} | {ttft} | {total} |"
             )
     step = results.get("_engine_step")
     if step:
         out += [
             "",
             f"The engine's decode step alone (no server, a fresh process, {step['tokens']} "
-            f"tokens cached, median of 20): {step['ms']:.1f} ms. Ours per token against it:",
+            f"tokens cached, median of 20): {step['ms']:.1f} ms. Ours per token against it "
+            "(client-side: the table's per-token time; server-side: the server's generation "
+            "time over its tokens after the first, i.e. per step):",
         ]
         for style, by_engine in results.items():
             s = by_engine.get(OURS, {}).get("summary") if not style.startswith("_") else None
             if s and s.get("per_token_ms"):
-                server = s.get("server_token_ms")
+                server = _server_step_ms(by_engine[OURS]["records"])
                 shown = f", server-side {server / step['ms']:.2f}x" if server else ""
                 out.append(f"- {style}: client-side {s['per_token_ms'] / step['ms']:.2f}x{shown}")
     return "\n".join(out) + "\n"
+
+
+def _server_step_ms(records: list[dict]) -> float | None:
+    """The server's own time per decode step: its generation time (first token to the end,
+    `predicted_per_token_ms` x n) over the n - 1 steps after the first token; median over
+    the requests after the first."""
+    steps = [
+        r["server_token_ms"] * r["predicted"] / (r["predicted"] - 1)
+        for r in records[1:]
+        if r.get("server_token_ms") and (r.get("predicted") or 0) > 1
+    ]
+    return statistics.median(steps) if steps else None
+
+
+def _kept(summary: dict) -> str:
+    """Drafted tokens kept over those checked (speculation), or "-" without any."""
+    drafted = summary.get("drafted") or 0
+    return f"{summary.get('accepted') or 0}/{drafted}" if drafted else "-"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _ratio(theirs: float, ours: float) -> str:
@@ -389,7 +426,9 @@ def _ratio(theirs: float, ours: float) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
 def _count(value: float | None) -> str:
@@ -425,6 +464,12 @@ def main() -> int:
         help="LABEL=TREE: also run our server from another checkout's src/ (an A/B run)",
     )
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
+    parser.add_argument(
+        "--our-variant",
+        action="append",
+        default=[],
+        help="LABEL=ARGS: also run our server with these extra arguments (e.g. speculation off)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/keystroke-replay"))
     parser.add_argument("--no-append", action="store_true", help="do not add to BENCHMARKS.md")
     parser.add_argument(
@@ -443,6 +488,7 @@ def main() -> int:
         results = json.loads(args.from_results.read_text())
     else:
         results = replay_all(args, source, line)
+        results["_when"] = _now()
         prompts = [r[OURS]["summary"]["prompt"] for r in results.values() if OURS in r]
         prompts = [p for p in prompts if p]
         if prompts and not args.no_engine_step:

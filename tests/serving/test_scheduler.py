@@ -12,6 +12,7 @@ import codegemma
 from codegemma.engine import CodeGemma
 from codegemma.quant.decode_step import DecodeStep
 from codegemma.sampling import SamplingParams
+from codegemma.serving.adapters import timings
 from codegemma.serving.limits import EditorLimits
 from codegemma.serving.requests import ChatInput, FimInput, GenerationRequest, TextInput
 from codegemma.serving.scheduler import Done, Failed, Piece, Scheduler
@@ -267,7 +268,7 @@ def test_requests_decoding_together_share_each_forward_pass(trained_checkpoint, 
 def test_speculation_inside_the_server_engine_changes_no_answer(trained_checkpoint):
     # text the model repeats: drafted tokens are checked in the server's batched decode passes
     text = REPETITIVE
-    answers, passes = {}, {}
+    answers, passes, drafts = {}, {}, {}
     for speculate in (0, 8):
         lm = codegemma.load(trained_checkpoint, quantize="int8", kernels="native")
         lm.default_speculation = speculate
@@ -277,12 +278,18 @@ def test_speculation_inside_the_server_engine_changes_no_answer(trained_checkpoi
             for box in boxes:
                 request = GenerationRequest(TextInput(text), max_tokens=40, ignore_eos=True)
                 scheduler.submit(request, box.put)
-            answers[speculate] = [final_event(box).result.text for box in boxes]
+            results = [final_event(box).result for box in boxes]
+            answers[speculate] = [r.text for r in results]
+            drafts[speculate] = [timings(r) for r in results]
         finally:
             scheduler.close()
         passes[speculate] = scheduler.engine.forward_passes
     assert answers[8] == answers[0]
     assert passes[8] < passes[0]
+    # every answer's timings say how many drafted tokens were checked and kept (llama-server's
+    # names); without speculation none are
+    assert all(t["draft_n"] == t["draft_n_accepted"] == 0 for t in drafts[0])
+    assert all(0 < t["draft_n_accepted"] <= t["draft_n"] for t in drafts[8])
 
 
 def test_a_prompt_delays_decoding_by_at_most_one_chunk(lm, monkeypatch):

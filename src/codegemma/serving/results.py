@@ -43,6 +43,8 @@ class Result:
     dropped_files: int = 0  # context files (llama.cpp `input_extra` chunks) left out to fit
     dropped_file_tokens: int = 0  # their tokens
     retrieval_ms: float = 0.0  # choosing repository context for the prompt (serve --repo)
+    drafted_tokens: int = 0  # tokens drafted from the text and checked (speculation)
+    accepted_tokens: int = 0  # of those, the ones kept
     index: int = 0  # which of the request's candidates
     token_ids: tuple[int, ...] = ()  # generated ids, a stop token excluded
     logprobs: tuple[TokenChoice, ...] | None = None  # per generated token, when asked

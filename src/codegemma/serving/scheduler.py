@@ -502,6 +502,8 @@ class Scheduler:
             dropped_files=job.prompt.dropped_files,
             dropped_file_tokens=job.prompt.dropped_file_tokens,
             retrieval_ms=job.prompt.retrieval_ms,
+            drafted_tokens=sequence.drafted if sequence else 0,
+            accepted_tokens=sequence.accepted if sequence else 0,
             index=job.index,
             token_ids=token_ids,
             logprobs=(

@@ -105,6 +105,9 @@ def timings(result: Result) -> dict:
             1000 * predicted / result.generation_ms if result.generation_ms else 0.0
         ),
         "retrieval_ms": result.retrieval_ms,  # ours: repository context (serve --repo)
+        # as llama-server with speculation: tokens drafted and checked, and those kept
+        "draft_n": result.drafted_tokens,
+        "draft_n_accepted": result.accepted_tokens,
     }
 
 
