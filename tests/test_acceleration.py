@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import codegemma
-from codegemma.generation import SHORT_PROMPT
 from codegemma.model import MLP, Embedding, Linear
+from codegemma.quant.backends import DECODE_ROWS
 from codegemma.quant.layers import NativeEmbedding, NativeLinear, NativeMLP
 
 NATIVE = {NativeLinear, NativeEmbedding, NativeMLP}
@@ -55,7 +55,7 @@ def test_load_and_the_engines_work_leave_the_thread_count(trained_checkpoint, ke
         assert seen == [2] and torch.get_num_threads() == 3  # a prompt: the engine's threads
         seen.clear()
         prompt = "import os\n" * 12  # prefilled as a prompt (not in the decode pass)
-        assert len(lm.tokenizer.encode(prompt)) > SHORT_PROMPT
+        assert len(lm.tokenizer.encode(prompt)) > DECODE_ROWS
         lm.generate(prompt, max_new_tokens=3)
         lm.embed(["x = 1"])
         hook.remove()

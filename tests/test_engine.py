@@ -8,7 +8,7 @@ from tiny_models import ScriptedModel, tiny_config
 import codegemma
 from codegemma.engine import CodeGemma
 from codegemma.errors import InvalidRequestError, PromptTooLongError
-from codegemma.generation import SHORT_PROMPT
+from codegemma.quant.backends import DECODE_ROWS
 from codegemma.tokenizer import Tokenizer
 
 
@@ -89,7 +89,7 @@ def test_long_prompts_are_prefilled_in_chunks_with_the_same_result(tiny_lm, monk
     for _ in engine.run():
         pass
     prompt, expected = whole.usage.prompt_tokens, []
-    while prompt - sum(expected) > SHORT_PROMPT:
+    while prompt - sum(expected) > DECODE_ROWS:
         expected.append(7)  # chunks of 7 while the rest is not a short prompt
     expected.append(prompt - sum(expected))  # the rest joins the decode pass as rows
     assert calls[: len(expected)] == expected

@@ -53,12 +53,23 @@ def test_accepting_or_replacing_a_draft_samples_the_target_distribution():
     assert accept_or_replace(torch.tensor([0.0, 1.0]), 1, generator) == (1, True)
 
 
-@pytest.fixture(scope="module", params=["native-int8", "native-bf16", "torch"])
+# "-layers": every pass through the model's layers on the native kernels (the path of an
+# unmerged LoRA adapter too), where drafted tokens are checked as a short multi-token pass
+LAYERS = codegemma.KernelOptions(fused_decode=False, byte_gemm=False)
+
+
+@pytest.fixture(
+    scope="module",
+    params=["native-int8", "native-bf16", "native-int8-layers", "native-bf16-layers", "torch"],
+)
 def lm(request, trained_checkpoint):
     if request.param == "torch":
         return codegemma.load(trained_checkpoint, dtype="float32", kernels="torch")
-    quantize = "int8" if request.param == "native-int8" else None
-    return codegemma.load(trained_checkpoint, quantize=quantize, kernels="native")
+    quantize = "int8" if request.param.startswith("native-int8") else None
+    options = LAYERS if request.param.endswith("-layers") else codegemma.KernelOptions()
+    return codegemma.load(
+        trained_checkpoint, quantize=quantize, kernels="native", kernel_options=options
+    )
 
 
 def run(lm, prompts, speculate, max_new_tokens=40, sampling=None):
@@ -93,6 +104,34 @@ def test_greedy_tokens_are_the_same_with_and_without_speculation(lm):
     _, alone = run(lm, [REPETITIVE], speculate=0)
     (sequence,), fewer = run(lm, [REPETITIVE], speculate=8)
     assert fewer <= alone - sequence.accepted  # each kept draft saved a forward pass
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+def test_a_short_pass_on_the_native_layers_gives_each_token_its_own_step(
+    trained_checkpoint, quantize
+):
+    # Drafted tokens are checked in one pass of a few tokens per sequence. Through the model's
+    # layers its projections must do what a one-token step does (the matrix-vector kernels,
+    # activations in int8 blocks), not a prompt's GEMM on widened weights, whose logits differ
+    # by the quantization of the activations (0.04-0.1 here) and flip greedy near-ties.
+    # Attention stays PyTorch's, whose rounding depends on the query count (~1e-6).
+    lm = codegemma.load(
+        trained_checkpoint, quantize=quantize, kernels="native", kernel_options=LAYERS
+    )
+    ids = lm.tokenizer.encode("def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
+    prompt, checked = ids[:6], ids[6:15]
+    together, alone = lm.new_cache(32), lm.new_cache(32)
+    with torch.inference_mode():
+        for cache in (together, alone):
+            lm.model(torch.tensor([prompt]), caches=[cache])
+        one_pass = lm.model(
+            torch.tensor([checked]), caches=[together], logits_positions=slice(None)
+        )
+        steps = [
+            lm.model(torch.tensor([[token]]), caches=[alone], logits_positions=slice(None))[0, 0]
+            for token in checked
+        ]
+    torch.testing.assert_close(one_pass[0].float(), torch.stack(steps).float(), atol=1e-4, rtol=0)
 
 
 class FixedDistribution(GemmaForCausalLM):

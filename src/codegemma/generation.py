@@ -26,16 +26,13 @@ import torch
 from codegemma.detokenizer import StreamingDetokenizer
 from codegemma.kv_cache import KVCache
 from codegemma.model import GemmaForCausalLM
+from codegemma.quant.backends import DECODE_ROWS
 from codegemma.sampling import SamplingParams, next_token_probs
 from codegemma.speculation import NgramDrafter, accept_or_replace
 from codegemma.stop_strings import StopStringFilter
 from codegemma.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 256  # prompt tokens per forward pass (activation memory stays bounded)
-# Prompts with this many tokens left or fewer (a keystroke's new tokens after a cached prefix)
-# join the decode pass: their tokens are rows of the whole-stack decode step, which reads every
-# weight once for all the pass's rows.
-SHORT_PROMPT = 16
 DEFAULT_SPECULATION = 8  # the most tokens drafted from the text itself per step (speculation.py)
 
 
@@ -356,7 +353,7 @@ class BatchEngine:
 
     def step(self) -> list[tuple[GenSequence, str]]:
         """One step: a forward pass over every sequence with a few tokens to compute (decoding
-        sequences, and prompts with at most `SHORT_PROMPT` tokens left: a keystroke's new
+        sequences, and prompts with at most `DECODE_ROWS` tokens left: a keystroke's new
         tokens), then chunks of longer prompts. Returns (sequence, text released) for each
         sequence that picked a token; finished sequences (`.completion` set) have left the
         batch."""
@@ -364,8 +361,8 @@ class BatchEngine:
             return self._step()
 
     def _step(self) -> list[tuple[GenSequence, str]]:
-        ready = [s for s in self.sequences if len(s.pending) <= SHORT_PROMPT]
-        prefilling = [s for s in self.sequences if len(s.pending) > SHORT_PROMPT]
+        ready = [s for s in self.sequences if len(s.pending) <= DECODE_ROWS]
+        prefilling = [s for s in self.sequences if len(s.pending) > DECODE_ROWS]
         events: list[tuple[GenSequence, str]] = []
         if ready and (self.interleave or not prefilling):
             events += self._decode(ready)

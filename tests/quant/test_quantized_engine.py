@@ -277,7 +277,7 @@ def test_prompts_on_weight_bytes_equal_their_rows_and_stay_near_widening(bits):
         g = torch.Generator().manual_seed(bits)
         gate = regroup(quantize_weight(torch.randn(3008, 1024, generator=g) / 32, bits))
         up = regroup(quantize_weight(torch.randn(3008, 1024, generator=g) / 32, bits))
-        x = torch.randn(2, 9, 1024, generator=g)
+        x = torch.randn(2, 19, 1024, generator=g)
         assert backend.fuses_mlp(x, gate, up)  # on the bytes, even without bf16 GEMMs
         fused = backend.gated_hidden(x, gate, up)  # two slices of rows
         gelu = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")
@@ -309,7 +309,7 @@ def test_fused_gated_hidden_equals_two_linears_and_the_product(bits):
         g = torch.Generator().manual_seed(bits)
         gate = quantize_weight(torch.randn(3000, 1024, generator=g) / 32, bits)  # 2 slices
         up = quantize_weight(torch.randn(3000, 1024, generator=g) / 32, bits)
-        x = torch.randn(2, 9, 1024, generator=g)
+        x = torch.randn(2, 19, 1024, generator=g)
         assert backend.fuses_mlp(x, gate, up) and not backend.fuses_mlp(x[:, :1], gate, up)
         fused = backend.gated_hidden(x, gate, up)
         gelu = torch.nn.functional.gelu(backend.linear(x, gate), approximate="tanh")

@@ -14,11 +14,16 @@ from codegemma.quant.native import NativeKernels
 from codegemma.quant.row_groups import GROUP, RowGroups
 
 _SCRATCH_FLOATS = 2 * 1024 * 1024  # 8 MB of float32 for one widened slice of a weight
+# A pass of at most this many tokens per sequence (a decode step, drafted tokens checked, a
+# keystroke's new tokens after a cached prefix) goes through the matrix-vector kernels as rows:
+# every token gets the numbers it would get alone, and each weight is still read once.
+DECODE_ROWS = 16
 
 
 class NativeBackend:
-    """Float32 activations; one token per sequence through the C matrix-vector kernels (which
-    read bfloat16 or quantized weights directly). Longer inputs (prompts): through quantized
+    """Float32 activations; up to `DECODE_ROWS` tokens per sequence through the C
+    matrix-vector kernels (which read bfloat16 or quantized weights directly), each token as
+    it would go alone. Longer inputs (prompts): through quantized
     weights in row groups, a C GEMM on the weight bytes (`byte_gemm`: activations in int8
     blocks, as for one token, so every token gets the numbers it would get alone); through
     other weights, a GEMM (bfloat16 on CPUs with bf16 units, else float32) on a widened copy
@@ -40,7 +45,7 @@ class NativeBackend:
         """
         if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
             return F.linear(x, weight)
-        if x.dim() == 2 or x.shape[-2] == 1:  # one new token per sequence: decode
+        if x.dim() == 2 or x.shape[-2] <= DECODE_ROWS:  # decode: every token as a row
             flat = x.reshape(-1, x.shape[-1]).float()
             return self.kernels.matvec(flat, weight).view(*x.shape[:-1], -1)
         if self._bytes_serve(weight):
@@ -63,10 +68,10 @@ class NativeBackend:
         return out
 
     def fuses_mlp(self, x: torch.Tensor, gate: Weight, up: Weight) -> bool:
-        """True when `gated_mlp` serves this input: a prompt (T > 1) through quantized
-        weights, in row groups or on a CPU with bf16 GEMMs."""
+        """True when `gated_mlp` serves this input: a prompt (T > DECODE_ROWS) through
+        quantized weights, in row groups or on a CPU with bf16 GEMMs."""
         quantized = not isinstance(gate, torch.Tensor) and not isinstance(up, torch.Tensor)
-        prompt = x.dim() == 3 and x.shape[-2] > 1
+        prompt = x.dim() == 3 and x.shape[-2] > DECODE_ROWS
         return prompt and quantized and (self._mlp_by_bytes(gate, up) or self.fast_bf16_gemm)
 
     def gated_mlp(self, x: torch.Tensor, gate: Weight, up: Weight, down: Weight) -> torch.Tensor:
