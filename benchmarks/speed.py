@@ -17,6 +17,11 @@ built for haswell (CODEGEMMA_KERNEL_ARCH), PyTorch limited by ATEN_CPU_CAPABILIT
 ONEDNN_MAX_CPU_ISA=AVX2 (ours and transformers), llama.cpp built with GGML_NATIVE=OFF
 GGML_AVX2=ON GGML_AVX512=OFF (benchmarks/build_llama_cpp.sh avx2). The report names the CPU's
 flags and the instruction sets each engine says it used.
+
+`--baseline-src DIR` adds our three rows again from another checkout of this repository (e.g.
+`git worktree add /tmp/base COMMIT`), its package on PYTHONPATH and its kernels compiled from
+its own sources, measured in turn with the others: a change's speed against the commit before
+it, in one run, with each figure's ratio to the baseline's.
 """
 
 from __future__ import annotations
@@ -182,9 +187,15 @@ def worker(engine: str, path: Path, threads: int, *options: str, env=None) -> di
 
 
 def measure(
-    engine: str, path: Path, args, transformers_prompts: list[int], decode_only: bool = False
+    engine: str,
+    path: Path,
+    args,
+    transformers_prompts: list[int],
+    decode_only: bool = False,
+    env: dict | None = None,
 ) -> dict:
-    """One worker's figures; `decode_only`: load, a 16-token prompt and the decode figure."""
+    """One worker's figures; `decode_only`: load, a 16-token prompt and the decode figure;
+    `env`: the worker's environment (default: the run's)."""
     prompts = transformers_prompts if engine == "transformers" else args.prompts
     if decode_only:
         prompts = [16]
@@ -198,7 +209,49 @@ def measure(
     ]
     if engine != "llama.cpp" and not decode_only:  # llama-cpp-python decodes one sequence
         options += ["--batches", ",".join(map(str, args.batches))]
-    return worker(engine, path, args.threads, *options, env=args.env)
+    return worker(engine, path, args.threads, *options, env=env or args.env)
+
+
+BASELINE = "codegemma@base"  # row names of --baseline-src: "codegemma@base int8", ...
+
+
+def baseline_rows(source: Path | None, env: dict) -> list[tuple[str, str, str, dict]]:
+    """(row name, engine, file key, environment) of our rows run from another checkout."""
+    if source is None:
+        return []
+    src = source.resolve() / "src"
+    if not (src / "codegemma").is_dir():
+        raise SystemExit(
+            f"--baseline-src: {source} has no src/codegemma (a checkout of this repo?)"
+        )
+    rows = []
+    for name, engine, key, _ in PAIRS:
+        changed = dict(
+            env, PYTHONPATH=os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+        )
+        rows.append((name.replace("codegemma", BASELINE, 1), engine, key, changed))
+    return rows
+
+
+def baseline_ratios(results: dict[str, dict]) -> str:
+    """Each of our rows against the same row of the baseline checkout."""
+    lines = []
+    for name, *_ in PAIRS:
+        ours, base = results.get(name, {}), results.get(name.replace("codegemma", BASELINE, 1), {})
+        parts = [
+            f"{label} {ours[key] / base[key]:.2f}x"
+            for key, label in (
+                ("decode_tok_s", "decode"),
+                ("prefill128_tok_s", "pp128"),
+                ("prefill512_tok_s", "pp512"),
+                ("batch8_tok_s", "b8"),
+                ("load_s", "load time"),
+            )
+            if ours.get(key) and base.get(key)
+        ]
+        if parts:
+            lines.append(f"- {name} / {BASELINE}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def columns(batches: list[int]) -> list[tuple[str, str, str]]:
@@ -351,17 +404,25 @@ def main() -> None:
         default=0,
         help="then measure decode this many times per precision, ours and llama.cpp alternately",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run our rows from this checkout (an earlier commit), ratios to it",
+    )
     args = parser.parse_args()
     args.env = isa_environment(args.isa, llama_build_dir(args.isa))
+    extra = baseline_rows(args.baseline_src, args.env)
     files, timings = prepare(args.work / args.preset, args.preset)
     t_prompts = [int(x) for x in args.transformers_prompts.split(",")]
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):  # engines in turn, so slow minutes fall on all of them
-        for name, engine, key, _ in ENGINES:
+        rows = [(name, engine, key, None) for name, engine, key, _ in ENGINES] + extra
+        for name, engine, key, env in rows:
             if engine in args.skip or name in args.skip:
                 continue
             warm_page_cache(files[key])
-            runs.setdefault(name, []).append(measure(engine, files[key], args, t_prompts))
+            figures = measure(engine, files[key], args, t_prompts, env=env)
+            runs.setdefault(name, []).append(figures)
             print(name, json.dumps(runs[name][-1]), file=sys.stderr)
     results = {name: combine(found) for name, found in runs.items()}
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -377,6 +438,12 @@ def main() -> None:
         + f".\n\n{isa_report(args.isa, results)}\n\n{table(results, args.batches)}\n\n"
         f"Ratios (same run):\n{ratios(results)}\n"
     )
+    if extra:
+        report += (
+            f"\nAgainst the baseline checkout `{args.baseline_src}` "
+            f"({git_commit(args.baseline_src)}; this tree: {git_commit(REPO)}):\n"
+            f"{baseline_ratios(results)}\n"
+        )
     if args.paired_decode:
         report += (
             f"\nPaired decode (`--paired-decode {args.paired_decode}`: each pair measured back "
@@ -412,6 +479,16 @@ def paired_decode(files: dict[str, Path], args) -> str:
             median = statistics.median(a / b for a, b in pairs)
             lines.append(f"- {name} / {peer}: {each} tok/s; median ratio {median:.2f}x")
     return "\n".join(lines)
+
+
+def git_commit(tree: Path) -> str:
+    """The commit a checkout is at (and whether it has changes), for the report."""
+    try:
+        head = run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"]).strip()
+        dirty = run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"])
+    except (subprocess.CalledProcessError, OSError):
+        return "not a git checkout"
+    return head + (" with uncommitted changes" if dirty.strip() else "")
 
 
 def publish(report: str, append: bool) -> None:
