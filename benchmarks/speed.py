@@ -21,7 +21,8 @@ flags and the instruction sets each engine says it used.
 `--baseline-src DIR` adds our three rows again from another checkout of this repository (e.g.
 `git worktree add /tmp/base COMMIT`), its package on PYTHONPATH and its kernels compiled from
 its own sources, measured in turn with the others: a change's speed against the commit before
-it, in one run, with each figure's ratio to the baseline's.
+it, in one run, with each figure's ratio to the baseline's; `--paired-decode` then pairs our
+rows with the baseline's instead of llama.cpp's.
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def ratios(results: dict[str, dict]) -> str:
         for key, label in (("decode_tok_s", "decode"), ("prefill128_tok_s", "pp128")):
             if hf.get(key) and ours.get(key):
                 parts.append(f"{label} {ours[key] / hf[key]:.2f}x transformers")
-        lines.append(f"- {name}: " + "; ".join(parts))
+        if parts:
+            lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -436,7 +438,7 @@ def main() -> None:
         "Conversion: "
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
         + f".\n\n{isa_report(args.isa, results)}\n\n{table(results, args.batches)}\n\n"
-        f"Ratios (same run):\n{ratios(results)}\n"
+        + (f"Ratios (same run):\n{ratios(results)}\n" if ratios(results) else "")
     )
     if extra:
         report += (
@@ -447,37 +449,42 @@ def main() -> None:
     if args.paired_decode:
         report += (
             f"\nPaired decode (`--paired-decode {args.paired_decode}`: each pair measured back "
-            f"to back, order alternating; ours / llama.cpp):\n{paired_decode(files, args)}\n"
+            f"to back, order alternating; ours / {'the baseline' if extra else 'llama.cpp'}):"
+            f"\n{paired_decode(files, args, extra)}\n"
         )
     publish(report, append=not args.no_append)
 
 
-def paired_decode(files: dict[str, Path], args) -> str:
-    """Decode of each of our rows and its equal-bits llama.cpp row, measured alternately
-    (ours, peer, peer, ours, ...) `args.paired_decode` times each, with nothing in between:
-    the two runs of a pair fall in the same minute of the machine, whose speed changes from
-    one minute to the next. The ratio of each pair and their median."""
+def paired_decode(files: dict[str, Path], args, extra=()) -> str:
+    """Decode of each of our rows and its equal-bits llama.cpp row (or, with `extra` rows of
+    --baseline-src, the same row of the baseline checkout), measured alternately (ours,
+    other, other, ours, ...) `args.paired_decode` times each, with nothing in between: the
+    two runs of a pair fall in the same minute of the machine, whose speed changes from one
+    minute to the next. The ratio of each pair and their median."""
     lines = []
     for name, engine, key, peer in PAIRS:
-        peer_engine, peer_key = PEERS[peer][1:3]
-        if {name, peer, engine, peer_engine} & set(args.skip):
+        if extra:  # (row, engine, file key, environment) of the baseline's same row
+            other = next(row for row in extra if row[2] == key)
+        else:
+            other = (peer, *PEERS[peer][1:3], None)
+        if {name, engine, other[0], other[1]} & set(args.skip):
             continue
         warm_page_cache(files[key])
-        warm_page_cache(files[peer_key])
+        warm_page_cache(files[other[2]])
         pairs = []
         for index in range(args.paired_decode):
-            order = [(name, engine, key), (peer, peer_engine, peer_key)]
+            order = [(name, engine, key, None), other]
             figures = {}
-            for row, row_engine, row_key in order if index % 2 == 0 else order[::-1]:
-                result = measure(row_engine, files[row_key], args, [], decode_only=True)
+            for row, row_engine, row_key, env in order if index % 2 == 0 else order[::-1]:
+                result = measure(row_engine, files[row_key], args, [], decode_only=True, env=env)
                 print(row, "decode", result.get("decode_tok_s"), file=sys.stderr)
                 figures[row] = result.get("decode_tok_s")
-            if figures[name] and figures[peer]:
-                pairs.append((figures[name], figures[peer]))
+            if figures[name] and figures[other[0]]:
+                pairs.append((figures[name], figures[other[0]]))
         if pairs:
             each = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs)
             median = statistics.median(a / b for a, b in pairs)
-            lines.append(f"- {name} / {peer}: {each} tok/s; median ratio {median:.2f}x")
+            lines.append(f"- {name} / {other[0]}: {each} tok/s; median ratio {median:.2f}x")
     return "\n".join(lines)
 
 

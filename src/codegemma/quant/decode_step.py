@@ -8,6 +8,8 @@ the same projections, so its logits match the PyTorch path to float32 rounding.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from codegemma.model import RMSNorm
@@ -17,7 +19,9 @@ from codegemma.quant.layers import NativeLinear
 from codegemma.quant.native import NativeKernels, weight_layout
 from codegemma.quant.row_groups import RowGroups
 
-_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")  # cg_layer's fields, in this order
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # the model's module names for them
+_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def _struct(name: str):
@@ -140,45 +144,36 @@ class DecodeStep:
         return self._work
 
     def _described(self, model):
-        """The ctypes layer array for `model`'s current weights, or None if unsupported."""
+        """The ctypes layer array for `model`'s current weights, or None if unsupported.
+        Runs at every decode step, so it reads the modules' own dictionaries (nn.Module's
+        attribute lookup made this ~1 ms a step on CodeGemma-2B, 2% of an int4 step)."""
         parts = []
         for layer in model.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            modules = (
-                attn.q_proj,
-                attn.k_proj,
-                attn.v_proj,
-                attn.o_proj,
-                mlp.gate_proj,
-                mlp.up_proj,
-                mlp.down_proj,
-            )
-            if any(type(m) is not NativeLinear for m in modules):
+            children = layer._modules
+            attn, mlp = children["self_attn"]._modules, children["mlp"]._modules
+            modules = [attn[name] for name in _ATTENTION] + [mlp[name] for name in _MLP]
+            norms = [children["input_layernorm"], children["post_attention_layernorm"]]
+            if not all(type(m) is NativeLinear for m in modules):
                 return None  # e.g. a LoRA wrapper: its own forward must run
-            norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if any(type(n) is not RMSNorm for n in norms):
+            if not all(type(n) is RMSNorm for n in norms):
                 return None
-            parts.append(tuple(m.weight for m in modules) + tuple(n.weight for n in norms))
-        weights = tuple(parts)
-        if not self._same_weights(weights):
-            self._build(weights)
+            parts += [m.weight for m in modules] + [n._parameters["weight"] for n in norms]
+        if not self._same_weights(parts):
+            self._build(tuple(parts))
         return self._layers
 
-    def _same_weights(self, weights: tuple) -> bool:
+    def _same_weights(self, weights: list) -> bool:
         """Whether the description was built from exactly these objects."""
         old = self._weights
-        if old is None or len(old) != len(weights):
-            return False
-        return all(
-            a is b
-            for was, now in zip(old, weights, strict=True)
-            for a, b in zip(was, now, strict=True)
-        )
+        return old is not None and len(old) == len(weights) and all(map(operator.is_, old, weights))
 
     def _build(self, weights: tuple) -> None:
+        """weights: per layer, its 7 projection weights then its 2 norm weights."""
         self._weights, self._layers, self._norms = weights, None, []
-        layers = (_struct("cg_layer") * len(weights))()
-        for described, parts in zip(layers, weights, strict=True):
+        per_layer = len(_PROJECTIONS) + 2
+        grouped = [weights[i : i + per_layer] for i in range(0, len(weights), per_layer)]
+        layers = (_struct("cg_layer") * len(grouped))()
+        for described, parts in zip(layers, grouped, strict=True):
             for name, weight in zip(_PROJECTIONS, parts[:7], strict=True):
                 c_weight = _describe(weight)
                 if c_weight is None:
