@@ -145,8 +145,8 @@ class DecodeStep:
 
     def _described(self, model):
         """The ctypes layer array for `model`'s current weights, or None if unsupported.
-        Runs at every decode step, so it reads the modules' own dictionaries (nn.Module's
-        attribute lookup made this ~1 ms a step on CodeGemma-2B, 2% of an int4 step)."""
+        Runs at every decode step, so it reads the modules' own dictionaries (through
+        nn.Module's attribute lookup this took 0.42 ms a step on CodeGemma-2B; now 0.04)."""
         parts = []
         for layer in model.model.layers:
             children = layer._modules
@@ -174,13 +174,13 @@ class DecodeStep:
         grouped = [weights[i : i + per_layer] for i in range(0, len(weights), per_layer)]
         layers = (_struct("cg_layer") * len(grouped))()
         for described, parts in zip(layers, grouped, strict=True):
-            for name, weight in zip(_PROJECTIONS, parts[:7], strict=True):
+            for name, weight in zip(_PROJECTIONS, parts[: len(_PROJECTIONS)], strict=True):
                 c_weight = _describe(weight)
                 if c_weight is None:
                     return
                 setattr(described, name, c_weight)
             # the reference scales by (1 + w) in float32
-            attn_norm, mlp_norm = (1.0 + w.detach().float() for w in parts[7:])
+            attn_norm, mlp_norm = (1.0 + w.detach().float() for w in parts[len(_PROJECTIONS) :])
             self._norms += [attn_norm, mlp_norm]
             described.attn_norm = attn_norm.data_ptr()
             described.mlp_norm = mlp_norm.data_ptr()
