@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from speed import AVX2_ENV, isa_environment
+from speed import AVX2_ENV, checkout_environment, isa_environment
 
 from codegemma.cpu import cpu_model
 
@@ -231,7 +231,7 @@ def engines(args) -> dict[str, Engine]:
         )
     for variant in args.variant:
         label, _, tree = variant.partition("=")
-        env = {**base, "PYTHONPATH": str(Path(tree).resolve() / "src")}
+        env = checkout_environment(base, Path(tree))
         out[f"{OURS} ({label})"] = Engine(out[OURS].command, peer=False, env=env)
     return out
 

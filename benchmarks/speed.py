@@ -216,22 +216,24 @@ def measure(
 BASELINE = "codegemma@base"  # row names of --baseline-src: "codegemma@base int8", ...
 
 
+def checkout_environment(env: dict, tree: Path) -> dict:
+    """`env` with another checkout's package first on PYTHONPATH (its kernels then compile
+    from its own sources), for A/B runs against an earlier commit."""
+    src = Path(tree).resolve() / "src"
+    if not (src / "codegemma").is_dir():
+        raise SystemExit(f"{tree} has no src/codegemma (a checkout of this repository?)")
+    return dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")])))
+
+
 def baseline_rows(source: Path | None, env: dict) -> list[tuple[str, str, str, dict]]:
     """(row name, engine, file key, environment) of our rows run from another checkout."""
     if source is None:
         return []
-    src = source.resolve() / "src"
-    if not (src / "codegemma").is_dir():
-        raise SystemExit(
-            f"--baseline-src: {source} has no src/codegemma (a checkout of this repo?)"
-        )
-    rows = []
-    for name, engine, key, _ in PAIRS:
-        changed = dict(
-            env, PYTHONPATH=os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-        )
-        rows.append((name.replace("codegemma", BASELINE, 1), engine, key, changed))
-    return rows
+    changed = checkout_environment(env, source)
+    return [
+        (name.replace("codegemma", BASELINE, 1), engine, key, changed)
+        for name, engine, key, _ in PAIRS
+    ]
 
 
 def baseline_ratios(results: dict[str, dict]) -> str:
@@ -427,6 +429,7 @@ def main() -> None:
             runs.setdefault(name, []).append(figures)
             print(name, json.dumps(runs[name][-1]), file=sys.stderr)
     results = {name: combine(found) for name, found in runs.items()}
+    against_peers = ratios(results)
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     report = (
         f"\n## {when} — {args.preset} shapes, {args.threads} threads\n\n"
@@ -438,7 +441,7 @@ def main() -> None:
         "Conversion: "
         + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "reused files")
         + f".\n\n{isa_report(args.isa, results)}\n\n{table(results, args.batches)}\n\n"
-        + (f"Ratios (same run):\n{ratios(results)}\n" if ratios(results) else "")
+        + (f"Ratios (same run):\n{against_peers}\n" if against_peers else "")
     )
     if extra:
         report += (
