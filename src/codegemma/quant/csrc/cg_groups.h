@@ -30,7 +30,7 @@ typedef struct {
     int64_t M, N, K;
     void *out; /* dequantization target (N, K) */
     int out_bf16;
-    int halves; /* a prompt's GEMM (AVX2: half-groups over all blocks), else a decode step */
+    int halves; /* a prompt's GEMM (AVX2, int8: half-groups over all blocks), else a decode step */
 } groups_args;
 
 #ifdef CG_GROUPS_512
