@@ -127,14 +127,14 @@ CG_INLINE void half_rows(const groups_args *a, int64_t g, int h, int64_t m0, con
  * loops this replaces (CodeGemma-2B shapes, AVX2 build, 2 threads): a 512-row GEMM 1.4-1.8x,
  * a decode matvec 1.2x (one row) to 1.5x (four rows). */
 CG_INLINE void group_rows_i4(const groups_args *a, int64_t g, int64_t m0, const int T) {
-    const int64_t k = a->K, nb = k / CG_BLOCK;
-    const uint8_t *w = a->values + g * nb * 256;
+    const int64_t k = a->K, nb = k / CG_BLOCK, block_bytes = group_runs(4) * 64;
+    const uint8_t *w = a->values + g * nb * block_bytes;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[2][4];
     for (int h = 0; h < 2; h++)
         for (int m = 0; m < T; m++) acc[h][m] = _mm256_setzero_ps();
     const int8_t *x = a->xq + m0 * k;
-    for (int64_t b = 0; b < nb; b++, w += 256, x += CG_BLOCK) {
+    for (int64_t b = 0; b < nb; b++, w += block_bytes, x += CG_BLOCK) {
         __m256i p[2][4]; /* [half][row of x]: 16-bit sums, 8 products each at most */
         for (int h = 0; h < 2; h++)
             for (int m = 0; m < T; m++) p[h][m] = _mm256_setzero_si256();
