@@ -99,9 +99,7 @@ def accelerate(
 
 
 def _native(model: GemmaForCausalLM, native: NativeKernels, options: KernelOptions):
-    backend = NativeBackend(
-        native, fast_bf16_gemm=native.bf16_activations, byte_gemm=options.byte_gemm
-    )
+    backend = NativeBackend(native, fast_bf16_gemm=native.bf16_dot, byte_gemm=options.byte_gemm)
     started = time.perf_counter()
     stored_grouped = row_group_count(model) if native.row_groups else 0
     with torch_threads(native.threads):  # copies PyTorch makes when C cannot regroup

@@ -42,7 +42,7 @@ def weights(rows, cols, seed):
 def test_bf16_matvec(kernels, rows_in, shape):
     w = weights(*shape, seed=rows_in).bfloat16()
     x = torch.randn(rows_in, shape[1])
-    # CPUs with bf16 dot products round the activations to bfloat16 first
+    # AVX512-BF16 and AVX2 builds round the activations to bfloat16 first
     rounded = x.bfloat16() if kernels.bf16_activations else x
     expected = rounded.double() @ w.double().T
     assert torch.allclose(kernels.matvec(x, w).double(), expected, atol=1e-4, rtol=1e-4)

@@ -138,8 +138,11 @@ class NativeKernels:
         self.isa = lib.cg_isa().decode()  # what the build uses, for reports
         self.arch = arch or target_arch()
         self.vectorized = bool(lib.cg_has_avx2())
-        # bfloat16 weights meet activations rounded to bfloat16 (AVX512-BF16 CPUs)
-        self.bf16_activations = bool(lib.cg_bf16_dot())
+        # bfloat16 dot-product units (AVX512-BF16 CPUs): bfloat16 GEMMs for prompts pay off
+        self.bf16_dot = bool(lib.cg_bf16_dot())
+        # bfloat16 weights' matrix-vector products round x to bfloat16 (AVX512-BF16 and AVX2
+        # builds; float32 x on AVX-512 without BF16 and in portable C)
+        self.bf16_activations = bool(lib.cg_bf16_activations())
         # quantized weights regrouped 16 rows at a time pay off (byte dot products, VNNI)
         self.row_groups = bool(lib.cg_row_groups())
         self._lib = lib
@@ -454,8 +457,7 @@ def shares_openmp_runtime(before: set[str], after: set[str]) -> bool:
 
 def _rows_scratch(M: int, K: int) -> int:
     """Scratch bytes of `cg_matvec` for x (M, K): an int8 copy of x plus one float scale per
-    block (for integer dot products), a bfloat16 copy of x (bfloat16 dot products) or a
-    permuted float32 copy (bfloat16 weights widened by unpacking, AVX2)."""
+    block (for integer dot products), or a bfloat16 copy of x (bfloat16 weights)."""
     return M * K * 4 + M * (K // BLOCK) * 4 + 64
 
 

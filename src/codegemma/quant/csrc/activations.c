@@ -1,20 +1,11 @@
 /* Activations as the integer kernels read them: int8 blocks of 32 with a float scale each,
  * like llama.cpp's Q8_0 (and each block's sum, for weights stored with an offset); and x
- * reordered for bfloat16 weights widened by unpacking (AVX2). */
+ * rounded to bfloat16 for bfloat16 weights (AVX512-BF16 and AVX2 builds). */
 #include "cg_internal.h"
 
-/* x (M, K) with each whole step of 16 values reordered as `_mm256_unpack{lo,hi}_epi16` lays
- * out 16 bfloat16 weights: lanes 0-3, 8-11, then 4-7, 12-15. The last K % 16 stay in place. */
-void cg_permute_for_unpack(const float *x, int64_t M, int64_t k, float *out) {
-    static const int order[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
-    for (int64_t m = 0; m < M; m++) {
-        const float *row = x + m * k;
-        float *o = out + m * k;
-        int64_t i = 0;
-        for (; i + 16 <= k; i += 16)
-            for (int j = 0; j < 16; j++) o[i + j] = row[i + order[j]];
-        for (; i < k; i++) o[i] = row[i];
-    }
+/* out[i] = x[i] rounded to bfloat16 (nearest even), as f32_to_bf16 (the loop vectorizes). */
+void cg_round_to_bf16(const float *x, int64_t n, uint16_t *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
 }
 
 /* One block of 32: d = max|x| / 127, q = round(x / d) (half away from zero), and the sum of q.

@@ -13,9 +13,9 @@
 #define CG_AVX2 1
 #endif
 
-/* AVX2 without AVX-512: bfloat16 weights are widened by unpacking them against zeros (one
- * instruction per 8 values), which interleaves the two 128-bit halves; x is permuted the same
- * way once per call, so each product still pairs a weight with its own activation. */
+/* AVX2 without AVX-512: bfloat16 weights and activations rounded to bfloat16 are both widened
+ * by unpacking them against zeros (one instruction per 8 values); unpacking interleaves the
+ * two 128-bit halves alike for both, so each product pairs a weight with its own activation. */
 #if defined(CG_AVX2) && !defined(__AVX512F__)
 #define CG_BF16_UNPACK 1
 #endif
@@ -111,9 +111,9 @@ CG_HIDDEN void cg_pool_run(cg_pool *pool, cg_task fn, void *args, int64_t rows);
 CG_HIDDEN void cg_prompt_run(cg_pool *pool, cg_task fn, void *args, int64_t rows);
 
 /* Activations (activations.c): int8 blocks of 32 with scales (and block sums times `offset`
- * when `sums` is given), and the AVX2 order bfloat16 weights are widened in. */
+ * when `sums` is given), and x rounded to bfloat16 for bfloat16 weights. */
 CG_HIDDEN void cg_quantize_x(const float *x, int64_t M, int64_t k, int8_t *q, float *d,
                              int32_t *sums, int32_t offset);
-CG_HIDDEN void cg_permute_for_unpack(const float *x, int64_t M, int64_t k, float *out);
+CG_HIDDEN void cg_round_to_bf16(const float *x, int64_t n, uint16_t *out);
 
 #endif

@@ -98,6 +98,7 @@ int cg_decode_layers(cg_pool *pool, const cg_layer *layers, int64_t nlayers, con
 /* What the build uses (features.c). */
 int cg_row_groups(void);
 int cg_bf16_dot(void);
+int cg_bf16_activations(void);
 int cg_has_avx2(void);
 const char *cg_isa(void);
 int64_t cg_struct_size(int which);

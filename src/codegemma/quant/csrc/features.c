@@ -17,6 +17,15 @@ int cg_bf16_dot(void) {
 #endif
 }
 
+/* 1 when bfloat16 weights' matrix-vector products round x to bfloat16 first (rows.c). */
+int cg_bf16_activations(void) {
+#if defined(CG_BF16_DOT) || defined(CG_BF16_UNPACK)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* The instruction sets the library was built to use, for reports. */
 const char *cg_isa(void) {
 #if defined(CG_GROUPS_512) && defined(CG_BF16_DOT)

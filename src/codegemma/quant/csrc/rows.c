@@ -51,6 +51,72 @@ CG_INLINE void rows_bf16_dot(const uint16_t *w, int64_t row_stride, const int R,
 }
 #endif
 
+#ifdef CG_BF16_UNPACK
+/* R consecutive bfloat16 rows (row_stride values apart) times x rounded to bfloat16, both
+ * widened by one unpack against zeros per 8 values (AVX2). Every (row, input row) sums on four
+ * FMA chains, 8 values each per step of 32 (two chains would leave one-row decode waiting on
+ * FMA latency). x read as bfloat16 halves its bytes against float32: one-row decode streams
+ * ~1.2x faster (4 KB rows; 1.3-1.5x past 8K inputs, where a float32 x outgrows the L1 cache),
+ * measured. Input rows go two at a time over the weight row, which stays in the cache
+ * meanwhile. The same arithmetic for every R and M. */
+CG_INLINE __m256 widen_lo(__m256i v) {
+    return _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
+}
+CG_INLINE __m256 widen_hi(__m256i v) {
+    return _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
+}
+
+CG_INLINE void rows_bf16_unpack(const uint16_t *w, int64_t row_stride, const int R,
+                                const uint16_t *xb, int64_t k, const int M, float *out) {
+    if (R > 1 && M > 1) __builtin_unreachable(); /* callers: R = 2 only for one input row */
+    for (int m0 = 0; m0 < M; m0 += 2) {
+        const int T = M - m0 < 2 ? M - m0 : 2; /* input rows this pass */
+        __m256 acc[8][4]; /* R * T <= 2 when it runs; the bound covers every instance */
+        for (int p = 0; p < R * T; p++)
+            for (int c = 0; c < 4; c++) acc[p][c] = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 32 <= k; j += 32)
+            for (int r = 0; r < R; r++) {
+                const uint16_t *wr = w + r * row_stride + j;
+                __m256i a = _mm256_loadu_si256((const __m256i *)wr);
+                __m256i b = _mm256_loadu_si256((const __m256i *)(wr + 16));
+                __m256 part[4] = {widen_lo(a), widen_hi(a), widen_lo(b), widen_hi(b)};
+                for (int t = 0; t < T; t++) {
+                    const uint16_t *xt = xb + (m0 + t) * k + j;
+                    __m256i xa = _mm256_loadu_si256((const __m256i *)xt);
+                    __m256i xc = _mm256_loadu_si256((const __m256i *)(xt + 16));
+                    __m256 *sums = acc[r * T + t];
+                    sums[0] = _mm256_fmadd_ps(part[0], widen_lo(xa), sums[0]);
+                    sums[1] = _mm256_fmadd_ps(part[1], widen_hi(xa), sums[1]);
+                    sums[2] = _mm256_fmadd_ps(part[2], widen_lo(xc), sums[2]);
+                    sums[3] = _mm256_fmadd_ps(part[3], widen_hi(xc), sums[3]);
+                }
+            }
+        if (j + 16 <= k)
+            for (int r = 0; r < R; r++) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + j));
+                for (int t = 0; t < T; t++) {
+                    __m256i xa = _mm256_loadu_si256((const __m256i *)(xb + (m0 + t) * k + j));
+                    __m256 *sums = acc[r * T + t];
+                    sums[0] = _mm256_fmadd_ps(widen_lo(a), widen_lo(xa), sums[0]);
+                    sums[1] = _mm256_fmadd_ps(widen_hi(a), widen_hi(xa), sums[1]);
+                }
+            }
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) {
+                __m256 *sums = acc[r * T + t];
+                out[r * CG_MAX_M + m0 + t] = hsum(
+                    _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3])));
+            }
+    }
+    for (int64_t i = k - k % 16; i < k; i++)
+        for (int r = 0; r < R; r++) {
+            float wv = bf16_to_f32(w[r * row_stride + i]);
+            for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] += wv * bf16_to_f32(xb[m * k + i]);
+        }
+}
+#endif
+
 /* R consecutive bfloat16 rows (row_stride values apart) times float32 x, widened in registers.
  * One accumulator per (row, input row), so a row's sum never depends on R or on the batch;
  * several rows at once keep independent FMA chains in flight even for one input row. */
@@ -78,57 +144,6 @@ CG_INLINE void rows_bf16(const uint16_t *w, int64_t row_stride, const int R, con
     }
     for (int r = 0; r < R; r++)
         for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = _mm512_reduce_add_ps(acc[r][m]);
-#elif defined(CG_BF16_UNPACK)
-    /* x comes permuted in steps of 16 (see permute_for_unpack): one unpack of the weights
-     * against zeros widens 8 bfloat16 values to float32, in the order x was given. Every
-     * (row, input row) sums on four FMA chains, 8 values each per step of 32 (two chains
-     * would leave one-row decode waiting on FMA latency: ~20% slower); the four register
-     * sets of several pairs do not fit, so the input rows go two at a time over the weight
-     * row, which stays in the cache meanwhile. The same arithmetic for every R and M. */
-    if (R > 1 && M > 1) __builtin_unreachable(); /* callers: R = 2 only for one input row */
-    const __m256i zero = _mm256_setzero_si256();
-    for (int m0 = 0; m0 < M; m0 += 2) {
-        const int T = M - m0 < 2 ? M - m0 : 2; /* input rows this pass */
-        __m256 acc[8][4]; /* R * T <= 2 when it runs; the bound covers every instance */
-        for (int p = 0; p < R * T; p++)
-            for (int c = 0; c < 4; c++) acc[p][c] = _mm256_setzero_ps();
-        int64_t j = 0;
-        for (; j + 32 <= k; j += 32)
-            for (int r = 0; r < R; r++) {
-                const uint16_t *wr = w + r * row_stride + j;
-                __m256i a = _mm256_loadu_si256((const __m256i *)wr);
-                __m256i b = _mm256_loadu_si256((const __m256i *)(wr + 16));
-                __m256 part[4] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a)),
-                                  _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a)),
-                                  _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b)),
-                                  _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b))};
-                for (int t = 0; t < T; t++) {
-                    const float *xt = x + (m0 + t) * k + j;
-                    __m256 *sums = acc[r * T + t];
-                    for (int c = 0; c < 4; c++)
-                        sums[c] = _mm256_fmadd_ps(part[c], _mm256_loadu_ps(xt + 8 * c), sums[c]);
-                }
-            }
-        if (j + 16 <= k)
-            for (int r = 0; r < R; r++) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(w + r * row_stride + j));
-                __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, a));
-                __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, a));
-                for (int t = 0; t < T; t++) {
-                    const float *xt = x + (m0 + t) * k + j;
-                    __m256 *sums = acc[r * T + t];
-                    sums[0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xt), sums[0]);
-                    sums[1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xt + 8), sums[1]);
-                }
-            }
-        for (int r = 0; r < R; r++)
-            for (int t = 0; t < T; t++) {
-                __m256 *sums = acc[r * T + t];
-                out[r * CG_MAX_M + m0 + t] = hsum(
-                    _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3])));
-            }
-    }
-    i = k - k % 16;
 #else
     for (int r = 0; r < R; r++)
         for (int m = 0; m < M; m++) out[r * CG_MAX_M + m] = 0.0f;
@@ -265,7 +280,7 @@ typedef struct {
     qx xq;
     float *y;
     int64_t M, N, K;
-    const uint16_t *xb; /* x rounded to bfloat16 (CG_BF16_DOT only) */
+    const uint16_t *xb; /* x rounded to bfloat16 (CG_BF16_DOT and CG_BF16_UNPACK) */
 } matvec_args;
 
 CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int M) {
@@ -280,9 +295,9 @@ CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int
         const int R = M <= 2 ? 4 : M <= 4 ? 2 : 1;
 #else
         /* one input row: one weight row at a time streams fastest (two rows 4 KB apart read
-         * ~25% slower on AVX2, measured), except past 8K inputs, where x outgrows the L1 cache
-         * and two rows at a time read it half as often; the arithmetic per row is the same
-         * for every R */
+         * ~10-25% slower on AVX2, measured), except past 8K inputs, where x fills the L1 cache
+         * and two rows at a time read it half as often (~1.1x, measured); the arithmetic per
+         * row is the same for every R */
         const int R = M == 1 && a->K > 8192 ? 2 : 1;
 #endif
         const int64_t stride = a->value_row / 2;
@@ -293,6 +308,8 @@ CG_INLINE void matvec_rows(matvec_args *a, int64_t begin, int64_t end, const int
             switch (rows) {
 #ifdef CG_BF16_DOT
 #define CG_ROWS(n) rows_bf16_dot(w, stride, n, a->xb, a->K, M, outs)
+#elif defined(CG_BF16_UNPACK)
+#define CG_ROWS(n) rows_bf16_unpack(w, stride, n, a->xb, a->K, M, outs)
 #else
 #define CG_ROWS(n) rows_bf16(w, stride, n, a->x, a->K, M, outs)
 #endif
@@ -354,8 +371,8 @@ static void matvec_tiles_task(void *p, int64_t begin, int64_t end) {
 }
 
 /* y (M, N) = x (M, K) @ W^T (any M; see matvec_tiles_task past 8). Strides in bytes; returns
- * 0, or -1 on bad arguments. Block weights use x quantized to int8 blocks, bfloat16 weights on
- * CG_BF16_DOT CPUs x rounded to bfloat16, on CG_BF16_UNPACK CPUs x permuted: the caller gives
+ * 0, or -1 on bad arguments. Block weights use x quantized to int8 blocks, bfloat16 weights
+ * on CG_BF16_DOT and CG_BF16_UNPACK CPUs x rounded to bfloat16: the caller gives
  * M * (4K + K/32*4) bytes of scratch. */
 int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
               int64_t value_block, const void *scales, int64_t scale_row, int64_t scale_block,
@@ -372,14 +389,10 @@ int cg_matvec(cg_pool *pool, int kind, const void *values, int64_t value_row,
         a.xq.q = q;
         a.xq.d = d;
     } else {
-#ifdef CG_BF16_DOT
+#if defined(CG_BF16_DOT) || defined(CG_BF16_UNPACK)
         uint16_t *xb = (uint16_t *)scratch;
-        for (int64_t i = 0; i < M * K; i++) xb[i] = f32_to_bf16(x[i]);
+        cg_round_to_bf16(x, M * K, xb);
         a.xb = xb;
-#elif defined(CG_BF16_UNPACK)
-        float *permuted = (float *)scratch;
-        cg_permute_for_unpack(x, M, K, permuted);
-        a.x = permuted;
 #endif
     }
     cg_pool_run(pool, M > CG_MAX_M ? matvec_tiles_task : matvec_task, &a, N);
