@@ -87,14 +87,16 @@ def test_float32_scales(kernels):
     assert torch.equal(kernels.matvec(x, wide), kernels.matvec(x, q))
 
 
+@pytest.mark.parametrize("cols", [320, 8224])
 @pytest.mark.parametrize("kind", ["bfloat16", "int8", "int4"])
-def test_a_row_does_not_depend_on_its_batch(kernels, kind):
+def test_a_row_does_not_depend_on_its_batch(kernels, kind, cols):
     # Batched decoding must give each sequence the numbers it gets alone (bit for bit),
     # however many rows the kernel handles together (103 rows: odd remainders too; past 8
-    # rows of x, tiles of 8 rows against pieces of the weight).
-    w = weights(103, 320, seed=13)
+    # rows of x, tiles of 8 rows against pieces of the weight; past 8192 inputs one row of x
+    # meets several weight rows at once).
+    w = weights(103, cols, seed=13)
     w = {"bfloat16": w.bfloat16(), "int8": quantize_int8(w), "int4": quantize_int4(w)}[kind]
-    x = torch.randn(21, 320, generator=torch.Generator().manual_seed(14))
+    x = torch.randn(21, cols, generator=torch.Generator().manual_seed(14))
     alone = torch.cat([kernels.matvec(x[i : i + 1], w) for i in range(21)])
     for size in (2, 3, 5, 8, 9, 16, 21):
         assert torch.equal(kernels.matvec(x[:size], w), alone[:size]), size
